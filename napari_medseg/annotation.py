@@ -1,0 +1,162 @@
+"""The sparse-annotation convention and helpers around it.
+
+Sparse annotation (what a user paints):
+``0`` = not annotated (unknown), ``1`` = background, ``k + 1`` = structure ``k``.
+
+Segmentation and expert mask:
+``0`` = background, ``k`` = structure ``k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import MedsegInputError
+
+UNKNOWN = 0
+BACKGROUND = 1
+IGNORE_INDEX = -1
+
+
+def annotation_to_target(annotation: np.ndarray) -> np.ndarray:
+    """Convert a sparse annotation to a training target.
+
+    Parameters
+    ----------
+    annotation : np.ndarray
+        Integer array, ``0`` unknown, ``1`` background, ``k + 1`` structure ``k``.
+
+    Returns
+    -------
+    np.ndarray
+        ``int64`` array: ``-1`` (ignored) where unknown, otherwise the class index
+        (``0`` background, ``k`` structure ``k``).
+    """
+    return np.asarray(annotation).astype(np.int64) - 1
+
+
+def segmentation_to_annotation(segmentation: np.ndarray) -> np.ndarray:
+    """Turn a complete label map (``0`` background) into a fully annotated sparse annotation."""
+    return (np.asarray(segmentation).astype(np.int64) + 1).astype(np.uint8)
+
+
+def num_classes_in(annotation: np.ndarray) -> int:
+    """Number of classes (background included) that the annotation uses."""
+    top = int(np.max(annotation)) if np.size(annotation) else 0
+    return max(top, 2)
+
+
+def validate_annotation(
+    annotation: np.ndarray,
+    image_shape: Sequence[int],
+    n_classes: int | None = None,
+) -> int:
+    """Check that an annotation can be trained on, and return the number of classes.
+
+    Parameters
+    ----------
+    annotation : np.ndarray
+        Sparse annotation (``0`` unknown, ``1`` background, ``k + 1`` structure ``k``).
+    image_shape : sequence of int
+        Shape of the image it annotates.
+    n_classes : int, optional
+        Declared number of classes including background; values above it are refused.
+
+    Returns
+    -------
+    int
+        The number of classes, background included (at least 2).
+
+    Raises
+    ------
+    MedsegInputError
+        With a one-line reason when training on it would be meaningless.
+    """
+    annotation = np.asarray(annotation)
+    if tuple(annotation.shape) != tuple(image_shape):
+        raise MedsegInputError(
+            f"annotation shape {tuple(annotation.shape)} differs from image shape "
+            f"{tuple(image_shape)}"
+        )
+    if not np.issubdtype(annotation.dtype, np.integer) and not np.issubdtype(
+        annotation.dtype, np.bool_
+    ):
+        if not np.all(np.isfinite(annotation)) or not np.all(annotation == np.round(annotation)):
+            raise MedsegInputError("annotation must hold whole numbers (0 unknown, 1 background, ...)")
+    if annotation.size and int(np.min(annotation)) < 0:
+        raise MedsegInputError("annotation holds negative values; expected 0 unknown, 1 background, k+1 structure k")
+    values = np.unique(annotation)
+    painted = values[values > 0]
+    if painted.size == 0:
+        raise MedsegInputError("annotation has no annotated voxel: paint at least one slice")
+    if painted.size == 1:
+        only = int(painted[0])
+        what = "background" if only == 1 else f"structure {only - 1}"
+        raise MedsegInputError(
+            f"annotation holds only one class ({what}): paint background and at least one structure"
+        )
+    top = int(values.max())  # value k+1 -> classes 0..k, i.e. k+1 classes
+    if n_classes is not None:
+        if top > n_classes:
+            raise MedsegInputError(
+                f"annotation value {top} (structure {top - 1}) is outside the "
+                f"{n_classes - 1} declared structure(s)"
+            )
+        return int(n_classes)
+    return max(top, 2)
+
+
+def annotated_slices(annotation: np.ndarray, axis: int) -> list[int]:
+    """Indices of the slices along ``axis`` that hold at least one annotated voxel."""
+    annotation = np.asarray(annotation)
+    other = tuple(a for a in range(annotation.ndim) if a != axis)
+    return [int(i) for i in np.flatnonzero(np.any(annotation > 0, axis=other))]
+
+
+def fully_annotated_slices(annotation: np.ndarray, axis: int) -> list[int]:
+    """Indices of the slices along ``axis`` in which every voxel is annotated."""
+    annotation = np.asarray(annotation)
+    other = tuple(a for a in range(annotation.ndim) if a != axis)
+    return [int(i) for i in np.flatnonzero(np.all(annotation > 0, axis=other))]
+
+
+def fill_slice_background(annotation: np.ndarray, axis: int, index: int) -> int:
+    """Mark every unannotated voxel of one slice as background, in place.
+
+    Returns
+    -------
+    int
+        The number of voxels that changed.
+    """
+    view = np.moveaxis(annotation, axis, 0)[index]
+    unknown = view == UNKNOWN
+    count = int(unknown.sum())
+    view[unknown] = BACKGROUND
+    return count
+
+
+def mark_outside_box_background(
+    annotation: np.ndarray, box: Sequence[tuple[int, int]]
+) -> int:
+    """Mark every unannotated voxel outside a region-of-interest box as background, in place.
+
+    Parameters
+    ----------
+    annotation : np.ndarray
+        Sparse annotation, modified in place.
+    box : sequence of (start, stop)
+        Half-open voxel ranges per axis; the inside stays as it was.
+
+    Returns
+    -------
+    int
+        The number of voxels that changed.
+    """
+    outside = np.ones(annotation.shape, dtype=bool)
+    inside = tuple(slice(max(0, int(a)), max(0, int(b))) for a, b in box)
+    outside[inside] = False
+    change = outside & (annotation == UNKNOWN)
+    annotation[change] = BACKGROUND
+    return int(change.sum())

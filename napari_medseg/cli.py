@@ -1,0 +1,191 @@
+"""The ``medseg`` command: train, predict, evaluate, demo and gui, headless."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import MedsegError, MedsegInputError
+from .progress import ProgressBar
+
+EXIT_USER_ERROR = 2
+
+
+def _train_detail(p) -> tuple[float, str]:
+    text = f"step {p.step} loss {p.loss:.3f} {p.elapsed:4.0f}s"
+    return p.fraction, f"{text} {p.message}".strip()
+
+
+def _tile_detail(t) -> tuple[float, str]:
+    return t.index / max(1, t.total), f"tile {t.index}/{t.total} {t.message}".strip()
+
+
+def _bar_callback(label: str, describe):
+    bar = ProgressBar(label)
+
+    def update(item) -> None:
+        bar.update(*describe(item))
+
+    return bar, update
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import train_files
+    from .training import TrainConfig
+
+    budget = args.time_budget
+    if budget is None and args.iterations is None:
+        budget = 60.0
+    config = TrainConfig(
+        arch=args.arch,
+        time_budget=budget,
+        iterations=args.iterations,
+        device=args.device,
+        seed=args.seed,
+    )
+    class_names = args.class_names.split(",") if args.class_names else None
+    bar, update = _bar_callback("train", _train_detail)
+    try:
+        model = train_files(
+            args.image, args.annotation, args.out, config, class_names=class_names, on_progress=update
+        )
+    finally:
+        bar.close()
+    history = model.config.history
+    print(
+        f"saved {args.out}: {model.config.arch}, {model.config.n_classes} classes, "
+        f"{history['steps']} steps in {history['seconds']:.0f} s on {history['device']}, "
+        f"final loss {history['final_loss']:.4f} ({history['stop_reason']})"
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .api import predict_file
+    from .inference import PredictConfig
+
+    bar, update = _bar_callback("predict", _tile_detail)
+    try:
+        prediction = predict_file(
+            args.model,
+            args.image,
+            args.out,
+            PredictConfig(device=args.device, mirror=args.mirror),
+            probabilities_path=args.probabilities,
+            on_progress=update,
+        )
+    finally:
+        bar.close()
+    counts = {int(k): int((prediction.labels == k).sum()) for k in range(1, int(prediction.labels.max()) + 1)}
+    print(f"saved {args.out} (voxels per structure: {counts or 'none'})")
+    if args.probabilities:
+        print(f"saved {args.probabilities}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .api import evaluate_files
+
+    result = evaluate_files(args.segmentation, args.expert_mask, exclude_annotation=args.exclude)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.format_table())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(case=args.case, time_budget=args.time_budget, device=args.device, seed=args.seed)
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from ._qt.launch import launch_gui
+    except ImportError as exc:
+        raise MedsegInputError(
+            f"the GUI needs napari and Qt ({exc}); install with: pip install 'napari-medseg[gui]'"
+        ) from None
+    launch_gui(list(args.files))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``medseg`` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="medseg",
+        description="Semi-automatic 3D segmentation from a few annotated slices "
+        "(sparse annotation: 0 = not annotated, 1 = background, k+1 = structure k).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-medseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    devices = ["auto", "cpu", "cuda", "mps"]
+
+    p = sub.add_parser("train", help="train a network on a sparse annotation")
+    p.add_argument("image")
+    p.add_argument("annotation", help="0 = not annotated, 1 = background, k+1 = structure k")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--arch", choices=["unet3d", "unet2d", "fcn"], default="unet3d")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="wall-clock training time (default 60 s unless --iterations is given)")
+    p.add_argument("--iterations", type=int, default=None, metavar="N")
+    p.add_argument("--device", choices=devices, default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class-names", default=None, help="comma-separated structure names")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="segment an image with a trained model")
+    p.add_argument("model")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="segmentation to write (0 = background, k = structure k)")
+    p.add_argument("--probabilities", default=None, metavar="FILE",
+                   help="also write per-class probabilities (.npy or a medical format)")
+    p.add_argument("--device", choices=devices, default="auto")
+    p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="compare a segmentation with an expert mask")
+    p.add_argument("segmentation")
+    p.add_argument("expert_mask")
+    p.add_argument("--exclude", default=None, metavar="ANNOTATION",
+                   help="score only voxels this annotation leaves at 0 (not annotated)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole loop headless on bundled sample data")
+    p.add_argument("--case", default="synthetic", help="synthetic, brain1, breast1 or prostate_phantom")
+    p.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--device", choices=devices, default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gui", help="open napari with the plugin's widgets docked")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_gui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``medseg`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedsegInputError as exc:
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MedsegError as exc:
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Choosing the torch device and the precision to compute in."""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import torch
+
+from .errors import MedsegInputError
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Turn a device name into a usable :class:`torch.device`.
+
+    Parameters
+    ----------
+    name : {"auto", "cpu", "cuda", "mps"} or a torch device string such as ``"cuda:1"``
+        ``"auto"`` picks CUDA, then Apple MPS, then the CPU.
+
+    Raises
+    ------
+    MedsegInputError
+        When the named device is not available on this machine.
+    """
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MedsegInputError("device 'cuda' requested but no CUDA GPU is available")
+        return torch.device(name)
+    if name == "mps":
+        if not _mps_available():
+            raise MedsegInputError("device 'mps' requested but Apple MPS is not available")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise MedsegInputError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has AMX tiles, where bf16 autocast is several times faster.
+
+    On CPUs without AMX (most AMD and older Intel parts) bf16 is emulated and much slower
+    than float32, so it is never used there.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        return False
+    return False
+
+
+def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.dtype | None:
+    """The autocast dtype to use on ``device`` (``None`` means plain float32)."""
+    if not mixed_precision:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,216 @@
+"""Tiled inference of a trained model over a volume of any size.
+
+:func:`predict` is a generator: it yields a :class:`TileProgress` after each finished tile
+(with the labels of that region, for a live overlay) and returns a :class:`Prediction`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .checkpoint import TrainedModel
+from .device import autocast_dtype, resolve_device
+from .errors import MedsegError, MedsegInputError
+from .progress import run_to_completion
+from .tiling import GaussianAggregator, GridSampler
+
+
+@dataclass
+class PredictConfig:
+    """Settings of one prediction (the Predict widget's form is built from these fields).
+
+    Parameters
+    ----------
+    device : {"auto", "cpu", "cuda", "mps"}
+        Where to compute; ``auto`` picks CUDA, then MPS, then the CPU.
+    overlap : float
+        Fraction of a tile shared with its neighbour (0.5 = half).
+    probabilities : bool
+        Also return per-class probabilities.
+    tile_shape : tuple of int or None
+        Tile size in voxels (array order); ``None`` picks one from the model's patch.
+    mirror : bool
+        Test-time augmentation: average over flips of the in-plane axes (4x the work).
+    """
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    overlap: float = 0.5
+    probabilities: bool = False
+    tile_shape: tuple[int, int, int] | None = None
+    mirror: bool = False
+
+
+@dataclass
+class TileProgress:
+    """What :func:`predict` yields after each tile."""
+
+    index: int
+    total: int
+    region: tuple[slice, ...]
+    labels: np.ndarray
+    elapsed: float
+    message: str = ""
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`predict`.
+
+    ``labels``: ``0`` background, ``k`` structure ``k``. ``probabilities``: ``(C, *shape)``
+    float32 when asked for, else ``None``. ``complete`` is False when stopped early (the
+    labels then cover only the finished tiles and must not be used as a result).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    complete: bool = True
+    device: str = "cpu"
+    tile_shape: tuple[int, ...] = ()
+
+
+def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Tiles twice the training patch per axis (capped by the volume), for fewer seams."""
+    patch = model.config.patch_shape
+    if model.config.arch != "unet3d":
+        return (min(shape[0], 8), *(min(s, 256) for s in shape[1:]))
+    return tuple(min(s, 2 * p) for s, p in zip(shape, patch))  # type: ignore[return-value]
+
+
+def _forward(network: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None, mirror: bool):
+    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        probs = torch.softmax(network(x).float(), dim=1)
+        if mirror:
+            for dims in ((3,), (4,), (3, 4)):
+                probs += torch.softmax(network(x.flip(dims)).float(), dim=1).flip(dims)
+            probs /= 4.0
+    return probs
+
+
+def predict(
+    model: TrainedModel,
+    image: np.ndarray,
+    config: PredictConfig | None = None,
+    *,
+    stop: threading.Event | None = None,
+) -> Generator[TileProgress, None, Prediction]:
+    """Segment a volume tile by tile.
+
+    On a CUDA out-of-memory error the run starts again with tiles half the size, then on the
+    CPU, saying so in the next progress message; nothing partial is returned as complete.
+
+    Parameters
+    ----------
+    model : TrainedModel
+        A trained model (from :func:`~napari_medseg.training.train` or ``load_model``).
+    image : np.ndarray
+        ``(z, y, x)`` or 2D volume, raw intensities (the model normalises them).
+    config : PredictConfig, optional
+        Settings.
+    stop : threading.Event, optional
+        Set it to end after the current tile; the returned prediction is then incomplete.
+
+    Yields
+    ------
+    TileProgress
+        After each tile.
+
+    Returns
+    -------
+    Prediction
+    """
+    config = config or PredictConfig()
+    if not 0.0 <= config.overlap < 1.0:
+        raise MedsegInputError("overlap must be between 0 and 1 (exclusive)")
+    volume = np.asarray(image)
+    squeeze = volume.ndim == 2
+    if squeeze:
+        volume = volume[np.newaxis]
+    if volume.ndim != 3:
+        raise MedsegInputError(
+            f"image has {volume.ndim} dimensions; napari-medseg segments 2D images and 3D volumes"
+        )
+    device = resolve_device(config.device)
+    normalized = model.config.normalization.apply(volume)
+    tile_shape = tuple(config.tile_shape or default_tile_shape(model, volume.shape))
+    start = time.perf_counter()
+    message = ""
+    while True:
+        try:
+            result = yield from _predict_tiles(
+                model, normalized, tile_shape, config, device, stop, start, message
+            )
+            break
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            smaller = tuple(max(8, t // 2) for t in tile_shape)
+            if smaller != tile_shape:
+                tile_shape = smaller
+                message = f"GPU out of memory: retrying with smaller tiles {tile_shape}"
+            elif device.type != "cpu":
+                device = torch.device("cpu")
+                message = "GPU out of memory: retrying on the CPU"
+            else:  # pragma: no cover - CUDA errors cannot come from the CPU
+                raise MedsegError("out of memory during inference") from None
+    if squeeze:
+        result.labels = result.labels[0]
+        if result.probabilities is not None:
+            result.probabilities = result.probabilities[:, 0]
+    return result
+
+
+def _predict_tiles(
+    model: TrainedModel,
+    normalized: np.ndarray,
+    tile_shape: tuple[int, ...],
+    config: PredictConfig,
+    device: torch.device,
+    stop: threading.Event | None,
+    start: float,
+    message: str,
+) -> Generator[TileProgress, None, Prediction]:
+    network = model.network.to(device).eval()
+    sampler = GridSampler(normalized.shape, tile_shape, config.overlap)
+    aggregator = GaussianAggregator(model.config.n_classes, normalized.shape, sampler.tile_shape)
+    amp = autocast_dtype(device)
+    pin = device.type == "cuda"
+    complete = True
+    with torch.inference_mode():
+        for index, region in enumerate(sampler):
+            if stop is not None and stop.is_set():
+                complete = False
+                break
+            tile = torch.from_numpy(np.ascontiguousarray(normalized[region]))[None, None]
+            if pin:
+                tile = tile.pin_memory()
+            tile = tile.to(device, non_blocking=pin)
+            scores = _forward(network, tile, amp, config.mirror)[0].cpu().numpy()
+            aggregator.add(region, scores)
+            yield TileProgress(
+                index + 1,
+                len(sampler),
+                region,
+                aggregator.labels(region),
+                time.perf_counter() - start,
+                message,
+            )
+            message = ""
+    network.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    labels = aggregator.labels()
+    probabilities = aggregator.probabilities() if config.probabilities else None
+    return Prediction(labels, probabilities, complete, str(device), tuple(sampler.tile_shape))
+
+
+def predict_volume(
+    model: TrainedModel, image: np.ndarray, config: PredictConfig | None = None
+) -> Prediction:
+    """Run :func:`predict` to the end and return its :class:`Prediction`."""
+    return run_to_completion(predict(model, image, config))

@@ -1,0 +1,65 @@
+"""Intensity normalisation fitted on an image and stored with the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import MedsegInputError
+
+
+@dataclass(frozen=True)
+class IntensityNormalization:
+    """Clip to robust percentiles, then standardise.
+
+    Parameters
+    ----------
+    lower, upper : float
+        Clipping range (the 0.5 and 99.5 percentiles of the fitted image).
+    mean, std : float
+        Mean and standard deviation of the clipped image.
+    """
+
+    lower: float
+    upper: float
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, image: np.ndarray, max_samples: int = 2_000_000) -> IntensityNormalization:
+        """Fit on an image (non-finite voxels are ignored).
+
+        Raises
+        ------
+        MedsegInputError
+            When the image has no finite voxel.
+        """
+        flat = np.asarray(image).reshape(-1)
+        if flat.size > max_samples:
+            step = int(np.ceil(flat.size / max_samples))
+            flat = flat[::step]
+        flat = flat[np.isfinite(flat)].astype(np.float64)
+        if flat.size == 0:
+            raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
+        lower, upper = np.percentile(flat, [0.5, 99.5])
+        clipped = np.clip(flat, lower, upper)
+        std = float(clipped.std())
+        return cls(float(lower), float(upper), float(clipped.mean()), std if std > 1e-8 else 1.0)
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Normalise an image to ``float32``; NaN and infinite voxels become the mean (0)."""
+        out = np.asarray(image, dtype=np.float32)
+        out = np.nan_to_num(out, nan=self.mean, posinf=self.upper, neginf=self.lower)
+        out = np.clip(out, self.lower, self.upper)
+        out = (out - np.float32(self.mean)) / np.float32(self.std)
+        return out.astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict[str, float]:
+        """JSON-safe form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> IntensityNormalization:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: float(data[k]) for k in ("lower", "upper", "mean", "std")})

@@ -1,0 +1,76 @@
+"""Drawing training patches that contain annotated voxels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .annotation import IGNORE_INDEX
+
+
+class AnnotatedPatchSampler:
+    """Sample patches centred near annotated voxels, balanced across classes.
+
+    Every patch contains at least one annotated voxel: a class is drawn uniformly among the
+    annotated classes (so the few foreground voxels are seen as often as the background), then
+    a voxel of that class, and the patch is placed around it with a random offset.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        ``(C, *spatial)`` normalised image.
+    target : np.ndarray
+        ``spatial`` int64 target, ``-1`` where not annotated.
+    patch_shape : sequence of int
+        Spatial patch shape; volumes smaller than a patch are padded (image with its minimum,
+        target with ``-1``).
+    max_points_per_class : int
+        Coordinates kept per class (a random subset when there are more).
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        target: np.ndarray,
+        patch_shape: Sequence[int],
+        rng: np.random.Generator,
+        max_points_per_class: int = 500_000,
+    ) -> None:
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.rng = rng
+        pad = [max(0, p - s) for p, s in zip(self.patch_shape, target.shape)]
+        widths = [(w // 2, w - w // 2) for w in pad]
+        fill = float(image.min()) if image.size else 0.0
+        self.image = np.pad(image, [(0, 0), *widths], constant_values=fill) if any(pad) else image
+        self.target = (
+            np.pad(target, widths, constant_values=IGNORE_INDEX) if any(pad) else target
+        )
+        self.points: dict[int, np.ndarray] = {}
+        flat = self.target.reshape(-1)
+        for cls in np.unique(flat):
+            if cls == IGNORE_INDEX:
+                continue
+            idx = np.flatnonzero(flat == cls)
+            if idx.size > max_points_per_class:
+                idx = rng.choice(idx, max_points_per_class, replace=False)
+            self.points[int(cls)] = idx
+        self.classes = sorted(self.points)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one ``(image_patch, target_patch)`` pair (copies)."""
+        cls = self.classes[int(self.rng.integers(len(self.classes)))]
+        flat_index = self.points[cls][int(self.rng.integers(self.points[cls].size))]
+        centre = np.unravel_index(flat_index, self.target.shape)
+        slices = []
+        for c, p, s in zip(centre, self.patch_shape, self.target.shape):
+            jitter = int(self.rng.integers(-(p // 3), p // 3 + 1)) if p > 2 else 0
+            start = int(np.clip(c - p // 2 + jitter, 0, s - p))
+            slices.append(slice(start, start + p))
+        region = tuple(slices)
+        return self.image[(slice(None), *region)].copy(), self.target[region].copy()
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``size`` patches stacked as ``(N, C, *patch)`` and ``(N, *patch)``."""
+        pairs = [self.sample() for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -1,0 +1,87 @@
+"""Sliding-window tiling: a grid sampler and a Gaussian-weighted aggregator.
+
+Memory stays at the size of the output (class scores and a weight map), whatever the size
+of the volume; each tile is computed, blended into the aggregator and dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets along one axis so that tiles of ``tile`` cover ``size`` with overlap."""
+    if tile >= size:
+        return [0]
+    step = max(1, int(round(tile * (1.0 - overlap))))
+    starts = list(range(0, size - tile + 1, step))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return starts
+
+
+class GridSampler:
+    """Regions of a volume of ``shape`` covered by tiles of ``tile_shape`` with ``overlap``.
+
+    Tiles larger than the volume along an axis are clipped to it.
+    """
+
+    def __init__(self, shape: Sequence[int], tile_shape: Sequence[int], overlap: float = 0.5):
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError("overlap must be in [0, 1)")
+        self.shape = tuple(int(s) for s in shape)
+        self.tile_shape = tuple(min(int(t), s) for t, s in zip(tile_shape, self.shape))
+        per_axis = [tile_starts(s, t, overlap) for s, t in zip(self.shape, self.tile_shape)]
+        grids = np.meshgrid(*per_axis, indexing="ij")
+        self.starts = np.stack([g.reshape(-1) for g in grids], axis=1)
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    def __iter__(self) -> Iterator[tuple[slice, ...]]:
+        for start in self.starts:
+            yield tuple(slice(int(a), int(a) + t) for a, t in zip(start, self.tile_shape))
+
+
+def gaussian_importance(tile_shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Gaussian weight map peaking at the tile centre (``sigma = sigma_scale * size``).
+
+    Blending overlapping tiles with it removes seams from less reliable tile borders.
+    """
+    axes = []
+    for size in tile_shape:
+        coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        sigma = max(size * sigma_scale, 0.5)
+        axes.append(np.exp(-0.5 * (coords / sigma) ** 2))
+    weight = axes[0]
+    for axis in axes[1:]:
+        weight = np.multiply.outer(weight, axis)
+    weight = weight / weight.max()
+    return np.maximum(weight, 1e-3).astype(np.float32)
+
+
+class GaussianAggregator:
+    """Accumulates per-class scores of overlapping tiles with Gaussian weights."""
+
+    def __init__(self, n_classes: int, shape: Sequence[int], tile_shape: Sequence[int]):
+        self.scores = np.zeros((n_classes, *shape), dtype=np.float32)
+        self.weight = np.zeros(tuple(shape), dtype=np.float32)
+        self.importance = gaussian_importance(tile_shape)
+
+    def add(self, region: tuple[slice, ...], tile_scores: np.ndarray) -> None:
+        """Blend ``(C, *tile)`` scores into ``region``."""
+        importance = self.importance[tuple(slice(0, s.stop - s.start) for s in region)]
+        self.scores[(slice(None), *region)] += tile_scores * importance
+        self.weight[region] += importance
+
+    def labels(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Arg-max labels so far (of ``region``, or of the whole volume)."""
+        region = region or tuple(slice(None) for _ in self.weight.shape)
+        return np.argmax(self.scores[(slice(None), *region)], axis=0).astype(np.uint8)
+
+    def probabilities(self) -> np.ndarray:
+        """Blended per-class probabilities ``(C, *shape)`` (divides in place, call once)."""
+        np.divide(self.scores, np.maximum(self.weight, 1e-8), out=self.scores)
+        return self.scores

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up napari-medseg on a fresh Debian/Ubuntu machine, in ./.venv.
+#   scripts/install.sh          the tool (CLI + napari GUI)
+#   scripts/install.sh --test   the same plus what the test suite needs (pytest, pytest-qt, ruff)
+# Installs the system libraries napari/Qt need and Xvfb, a CPU build of torch pinned first
+# (an unpinned torch would pull a multi-GB CUDA build), then the project in editable mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="gui"
+[ "${1:-}" = "--test" ] && extras="test"
+
+apt_packages=(libgl1 libglib2.0-0 libfontconfig1 libdbus-1-3 libxkbcommon-x11-0 libxcb-icccm4
+  libxcb-image0 libxcb-keysyms1 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0 xvfb xauth)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  echo "installing system packages: ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first, pinned: the CPU build (or whatever build of 2.13.0 the index offers).
+.venv/bin/python -m pip install -q "torch==${MEDSEG_TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+echo "napari-medseg installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
