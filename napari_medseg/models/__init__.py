@@ -1,0 +1,202 @@
+"""Segmentation networks (torch.nn only, GUI-free) and their JSON-safe configuration.
+
+All networks take ``(N, C, D, H, W)`` float input and return logits
+``(N, n_classes, D, H, W)`` of exactly the input's spatial size, for any input size.
+
+>>> cfg = NetworkConfig(arch="unet3d", n_classes=3)
+>>> net = build_network(cfg)
+>>> NetworkConfig.from_dict(cfg.to_dict()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import nn
+
+from ..errors import MedsegInputError
+from .blocks import Triple
+from .fcn import FCN2D
+from .unet2d import UNet2D
+from .unet3d import UNet3D, resolve_pools_kernels
+
+ARCHS: tuple[str, ...] = ("unet3d", "unet2d", "fcn")
+
+
+def _triples(value: Any, name: str, odd: bool) -> list[Triple] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a list of 3-tuples, got {value!r}")
+    out: list[Triple] = []
+    for item in value:
+        if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 3:
+            raise ValueError(f"{name} entries must be 3 ints, got {item!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in item):
+            raise ValueError(f"{name} entries must be positive ints, got {item!r}")
+        if odd and any(v % 2 == 0 for v in item):
+            raise ValueError(f"{name} entries must be odd ('same' padding), got {item!r}")
+        out.append((int(item[0]), int(item[1]), int(item[2])))
+    if not out:
+        raise ValueError(f"{name} must not be empty (use None for the default)")
+    return out
+
+
+@dataclass
+class NetworkConfig:
+    """Everything needed to rebuild a network; stored as JSON next to the weights.
+
+    Parameters
+    ----------
+    arch : str
+        ``"unet3d"`` (Çiçek et al. 2016), ``"unet2d"`` (Ronneberger et al. 2015, slice-wise)
+        or ``"fcn"`` (Long et al. 2015 FCN-8s, slice-wise).
+    in_channels : int
+        Image channels.
+    n_classes : int
+        Output classes, background included.
+    base_channels : int
+        Width of the first level (doubling per level).
+    batch_norm : bool
+        Batch norm after every convolution.
+    pool_sizes : list of 3-tuples, optional
+        ``unet3d`` only: max-pool size per down-sampling step (default ``(2, 2, 2)`` x 3).
+    kernel_sizes : list of 3-tuples, optional
+        ``unet3d`` only: odd conv kernel per level, ``len(pool_sizes) + 1`` entries
+        (default ``(3, 3, 3)``).
+    dropout : float
+        Channel-dropout probability at the coarsest level, in ``[0, 1)``.
+
+    Raises
+    ------
+    ValueError
+        On construction, for an unknown arch or malformed values (including
+        ``pool_sizes`` / ``kernel_sizes`` given for a 2D arch).
+    """
+
+    arch: str = "unet3d"
+    in_channels: int = 1
+    n_classes: int = 2
+    base_channels: int = 16
+    batch_norm: bool = True
+    pool_sizes: list[Triple] | None = None
+    kernel_sizes: list[Triple] | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise MedsegInputError(
+                f"unknown network arch {self.arch!r}; expected one of {', '.join(ARCHS)}"
+            )
+        for name in ("in_channels", "n_classes", "base_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm must be a bool, got {self.batch_norm!r}")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0.0 <= float(self.dropout) < 1.0
+        ):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        self.pool_sizes = _triples(self.pool_sizes, "pool_sizes", odd=False)
+        self.kernel_sizes = _triples(self.kernel_sizes, "kernel_sizes", odd=True)
+        if self.arch != "unet3d" and (self.pool_sizes is not None or self.kernel_sizes is not None):
+            raise ValueError(
+                f"pool_sizes / kernel_sizes apply to unet3d only; leave them None for {self.arch}"
+            )
+        if self.arch == "unet3d":
+            resolve_pools_kernels(self.pool_sizes, self.kernel_sizes)  # checks the lengths
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        data = asdict(self)
+        for key in ("pool_sizes", "kernel_sizes"):
+            if data[key] is not None:
+                data[key] = [list(t) for t in data[key]]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkConfig:
+        """Rebuild from :meth:`to_dict` output; missing keys take their defaults.
+
+        Raises
+        ------
+        MedsegInputError
+            (a ``ValueError``) for keys this version does not know, an unknown arch, or
+            malformed values: a configuration written by another version.
+        """
+        if not isinstance(data, Mapping):
+            raise MedsegInputError(f"network config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MedsegInputError(
+                f"network config has unknown key(s) {', '.join(map(str, unknown))}: "
+                "written by another version of napari-medseg?"
+            )
+        try:
+            return cls(**dict(data))
+        except MedsegInputError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise MedsegInputError(f"invalid network config: {exc}") from exc
+
+
+def build_network(cfg: NetworkConfig) -> nn.Module:
+    """Build the (Kaiming-initialised) network that ``cfg`` describes.
+
+    Parameters
+    ----------
+    cfg : NetworkConfig
+        Architecture and hyper-parameters.
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps ``(N, in_channels, D, H, W)`` to logits ``(N, n_classes, D, H, W)``. It has a
+        ``divisor`` attribute: the multiple its padded input needs per axis
+        (2D networks: ``(H, W)`` only; see :func:`planning.required_divisor`).
+    """
+    common = dict(
+        in_channels=cfg.in_channels,
+        n_classes=cfg.n_classes,
+        base_channels=cfg.base_channels,
+        batch_norm=cfg.batch_norm,
+        dropout=cfg.dropout,
+    )
+    if cfg.arch == "unet3d":
+        return UNet3D(pool_sizes=cfg.pool_sizes, kernel_sizes=cfg.kernel_sizes, **common)
+    if cfg.arch == "unet2d":
+        return UNet2D(**common)
+    if cfg.arch == "fcn":
+        return FCN2D(**common)
+    raise MedsegInputError(f"unknown network arch {cfg.arch!r}")  # pragma: no cover
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return int(sum(math.prod(p.shape) for p in module.parameters() if p.requires_grad))
+
+
+#: Aliases matching the names used in docs/ARCHITECTURE.md.
+ModelConfig = NetworkConfig
+build_model = build_network
+
+__all__ = [
+    "ARCHS",
+    "FCN2D",
+    "ModelConfig",
+    "NetworkConfig",
+    "UNet2D",
+    "UNet3D",
+    "build_model",
+    "build_network",
+    "count_parameters",
+]
