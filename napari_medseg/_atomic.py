@@ -1,0 +1,218 @@
+"""Crash-safe file writing: write a temporary file, fsync it, then rename it onto the target.
+
+A reader of the target path sees either the previous complete file or the new complete
+file, never a half-written one, even if the process is killed (``kill -9``) or the disk
+fills up in the middle of the write. On any failure the temporary file is removed and the
+previous file is left untouched. A process killed mid-write can leave a hidden
+``.medseg-tmp-*`` entry next to the target; it is never mistaken for the target.
+
+Two entry points:
+
+* :func:`atomic_write` for code that writes to a file object;
+* :func:`atomic_write_via` for libraries that only write to a path (SimpleITK, tifffile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import MedsegError
+
+__all__ = ["atomic_write", "atomic_write_via", "TEMP_PREFIX"]
+
+#: Prefix of the temporary files and folders created next to the target.
+TEMP_PREFIX = ".medseg-tmp-"
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DISK_FULL_TEXT = ("no space left on device", "disk full", "not enough space", "quota exceeded")
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open a temporary file that replaces ``path`` only once it is completely written.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to create or replace.
+    mode : str
+        ``"wb"`` (default) or ``"w"`` for text.
+    encoding : str, optional
+        Text encoding when ``mode="w"`` (default UTF-8).
+
+    Yields
+    ------
+    IO
+        The open temporary file. Write to it; do not close it.
+
+    Raises
+    ------
+    MedsegError
+        When the disk is full (the previous file is left intact).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write supports mode 'w' or 'wb', not {mode!r}")
+    target = Path(path)
+    folder = _folder_of(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        text_encoding = (encoding or "utf-8") if mode == "w" else None
+        with os.fdopen(fd, mode, encoding=text_encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _publish(tmp, target)
+    except BaseException as exc:
+        _remove_quietly(tmp)
+        _raise_if_disk_full(exc, target)
+        raise
+
+
+def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> list[Path]:
+    """Let ``writer`` write to a temporary path, then move the result onto ``path``.
+
+    The temporary path lives in a private hidden folder next to ``path`` and has the
+    **same file name** as ``path``, so libraries that choose the format from the
+    extension (``.nii.gz``, ``.nrrd`` ...) behave exactly as for the real target, and
+    formats with a separate data file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``) keep
+    consistent references. Every file the writer produced is fsynced and moved next to
+    ``path``; ``path`` itself is moved last.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to create or replace.
+    writer : callable
+        ``writer(tmp_path)`` writes the file (and any companion file) at ``tmp_path``.
+
+    Returns
+    -------
+    list of Path
+        The files written, ``path`` last.
+
+    Raises
+    ------
+    MedsegError
+        When the disk is full (the previous file is left intact).
+    """
+    target = Path(path)
+    folder = _folder_of(target)
+    staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
+    try:
+        writer(staging / target.name)
+        produced = _staged_files(staging, target.name)
+        for item in produced:
+            _fsync_file(item)
+        written = []
+        for item in produced:
+            final = target.parent / item.name
+            _publish(item, final)
+            written.append(final)
+        return written
+    except BaseException as exc:
+        _raise_if_disk_full(exc, target)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _folder_of(target: Path) -> Path:
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise MedsegError(f"could not save {target}: folder {folder} does not exist")
+    return folder
+
+
+def _staged_files(staging: Path, name: str) -> list[Path]:
+    """Files the writer produced, the main file last (companion data files first)."""
+    main = staging / name
+    if not main.is_file():
+        raise MedsegError(f"could not save {name}: the writer produced no file")
+    others = sorted(p for p in staging.iterdir() if p.is_file() and p != main)
+    return [*others, main]
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the target's permissions, rename it onto ``target``, fsync the folder."""
+    _copy_permissions(tmp, target)
+    os.replace(tmp, target)
+    _fsync_folder(target.parent)
+
+
+def _copy_permissions(tmp: Path, target: Path) -> None:
+    """mkstemp makes files private (0600); keep the old file's mode, or the umask default."""
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_current_umask()
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, mode)
+
+
+def _current_umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable; not possible (nor needed) on every platform."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
+    if _is_disk_full(exc, target.parent):
+        raise MedsegError(f"could not save {target}: disk full") from exc
+
+
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    """True for ENOSPC/EDQUOT, or a library error (SimpleITK) on a nearly full disk."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    if any(text in str(exc).lower() for text in _DISK_FULL_TEXT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False

@@ -1,0 +1,162 @@
+"""npe2 writers: save Labels and Image layers with their geometry, atomically.
+
+The geometry comes from the layer metadata written by the reader (``spacing``,
+``origin``, ``direction``), so a segmentation painted on a loaded scan is saved aligned
+with it; otherwise from the layer's transforms (scale, translate, rotate, shear, affine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MedsegInputError
+from ..io import extension_of, write_volume
+
+__all__ = ["write_labels", "write_image", "geometry_from_meta", "DEFAULT_EXTENSION"]
+
+#: Extension added when the user gives a name without one.
+DEFAULT_EXTENSION = ".nii.gz"
+
+Geometry = tuple[tuple[float, ...], tuple[float, ...], np.ndarray]
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for Labels layers.
+
+    Parameters
+    ----------
+    path : str
+        Target file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``,
+        ``.tif``, ``.npy``); ``.nii.gz`` is added when there is no extension.
+    data : array-like
+        The label data (a multiscale list is written at full resolution).
+    meta : dict
+        The layer state (``layer._get_state()``), with ``metadata`` and transforms.
+
+    Returns
+    -------
+    list of str
+        The written file.
+    """
+    return [_write_layer(path, data, meta, labels=True)]
+
+
+def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer for Image layers (grayscale; RGB is refused).
+
+    Parameters
+    ----------
+    path : str
+        Target file, as for :func:`write_labels`.
+    data : array-like
+        The image data.
+    meta : dict
+        The layer state.
+
+    Returns
+    -------
+    list of str
+        The written file.
+    """
+    if meta.get("rgb"):
+        raise MedsegInputError("napari-medseg saves grayscale volumes; this layer is RGB")
+    return [_write_layer(path, data, meta, labels=False)]
+
+
+def _write_layer(path: str, data: Any, meta: Mapping[str, Any], labels: bool) -> str:
+    array = _full_resolution(data, meta)
+    spacing, origin, direction = geometry_from_meta(meta, array.ndim)
+    target = _with_extension(Path(path))
+    written = write_volume(
+        target, array, spacing=spacing, origin=origin, direction=direction, labels=labels
+    )
+    return str(written)
+
+
+def _full_resolution(data: Any, meta: Mapping[str, Any]) -> np.ndarray:
+    if meta.get("multiscale") or (
+        isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape")
+    ):
+        data = data[0]
+    return np.asarray(data)
+
+
+def _with_extension(path: Path) -> Path:
+    if extension_of(path):
+        return path
+    return path.with_name(path.name + DEFAULT_EXTENSION)
+
+
+def geometry_from_meta(meta: Mapping[str, Any], ndim: int) -> Geometry:
+    """Spacing, origin and direction (array order) of a layer for writing.
+
+    Parameters
+    ----------
+    meta : mapping
+        Layer state: ``metadata`` (with the reader's ``spacing``, ``origin``,
+        ``direction``) and/or the transforms ``scale``, ``translate``, ``rotate``,
+        ``shear``, ``affine``.
+    ndim : int
+        Number of data dimensions.
+
+    Returns
+    -------
+    tuple
+        ``(spacing, origin, direction)``.
+    """
+    stored = _geometry_from_metadata(meta.get("metadata") or {}, ndim)
+    if stored is not None:
+        return stored
+    return _geometry_from_transforms(meta, ndim)
+
+
+def _geometry_from_metadata(metadata: Mapping[str, Any], ndim: int) -> Geometry | None:
+    try:
+        spacing = tuple(float(s) for s in metadata["spacing"])
+        origin = tuple(float(o) for o in metadata["origin"])
+        direction = np.asarray(metadata.get("direction", np.eye(ndim)), dtype=float)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if len(spacing) != ndim or len(origin) != ndim or direction.shape != (ndim, ndim):
+        return None
+    return spacing, origin, direction
+
+
+def _geometry_from_transforms(meta: Mapping[str, Any], ndim: int) -> Geometry:
+    """Compose napari's data-to-world transform and split it into spacing and direction."""
+    matrix = _data_to_world(meta, ndim)
+    linear, translation = matrix[:ndim, :ndim], matrix[:ndim, ndim]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        raise MedsegInputError("the layer's transform is degenerate (zero scale)")
+    return tuple(map(float, spacing)), tuple(map(float, translation)), linear / spacing
+
+
+def _data_to_world(meta: Mapping[str, Any], ndim: int) -> np.ndarray:
+    from napari.utils.transforms import Affine
+
+    physical = Affine(
+        scale=_vector(meta.get("scale"), ndim, 1.0),
+        translate=_vector(meta.get("translate"), ndim, 0.0),
+        rotate=meta.get("rotate"),
+        shear=meta.get("shear"),
+        ndim=ndim,
+    ).affine_matrix
+    extra = meta.get("affine")
+    if extra is None:
+        return physical
+    extra = np.asarray(getattr(extra, "affine_matrix", extra), dtype=float)
+    if extra.shape != (ndim + 1, ndim + 1):
+        return physical
+    return extra @ physical
+
+
+def _vector(value: Sequence[float] | None, ndim: int, default: float) -> tuple[float, ...]:
+    if value is None:
+        return (default,) * ndim
+    values = tuple(float(v) for v in value)
+    return values[-ndim:] if len(values) >= ndim else (default,) * (ndim - len(values)) + values
