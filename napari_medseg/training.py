@@ -70,6 +70,8 @@ class TrainConfig:
         Elastic deformation (with ``augment``).
     mixed_precision : bool
         Autocast on CUDA (and on CPUs with AMX); ignored elsewhere.
+    threads : int or None
+        CPU threads for torch; ``None`` leaves torch's setting.
     """
 
     arch: Arch = "unet3d"
@@ -86,6 +88,7 @@ class TrainConfig:
     augment: bool = True
     elastic: bool = True
     mixed_precision: bool = True
+    threads: int | None = None
 
     def check(self) -> None:
         """Raise :class:`MedsegInputError` for settings that cannot work."""
@@ -216,6 +219,8 @@ def train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
 
     normalization = IntensityNormalization.fit(image)
     norm_image = normalization.apply(image)[np.newaxis]
