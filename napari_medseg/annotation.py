@@ -84,9 +84,13 @@ def validate_annotation(
         annotation.dtype, np.bool_
     ):
         if not np.all(np.isfinite(annotation)) or not np.all(annotation == np.round(annotation)):
-            raise MedsegInputError("annotation must hold whole numbers (0 unknown, 1 background, ...)")
+            raise MedsegInputError(
+                "annotation must hold whole numbers (0 unknown, 1 background, ...)"
+            )
     if annotation.size and int(np.min(annotation)) < 0:
-        raise MedsegInputError("annotation holds negative values; expected 0 unknown, 1 background, k+1 structure k")
+        raise MedsegInputError(
+            "annotation holds negative values; expected 0 unknown, 1 background, k+1 structure k"
+        )
     values = np.unique(annotation)
     painted = values[values > 0]
     if painted.size == 0:
@@ -137,9 +141,7 @@ def fill_slice_background(annotation: np.ndarray, axis: int, index: int) -> int:
     return count
 
 
-def mark_outside_box_background(
-    annotation: np.ndarray, box: Sequence[tuple[int, int]]
-) -> int:
+def mark_outside_box_background(annotation: np.ndarray, box: Sequence[tuple[int, int]]) -> int:
     """Mark every unannotated voxel outside a region-of-interest box as background, in place.
 
     Parameters

@@ -42,6 +42,8 @@ def check_same_geometry(image: Volume, other: Volume, what: str) -> None:
         raise MedsegInputError(
             f"{what} spacing {_fmt(other.spacing)} differs from image spacing {_fmt(image.spacing)}"
         )
+    if not np.allclose(image.direction, other.direction, atol=1e-3):
+        raise MedsegInputError(f"{what} orientation (direction) differs from the image's")
     scale = max(1.0, float(np.max(np.abs(image.spacing))))
     if not np.allclose(image.origin, other.origin, atol=1e-2 * scale):
         raise MedsegInputError(
@@ -81,7 +83,9 @@ def train_files(
     """Read an image and its annotation, train, and save the model atomically."""
     image = read_volume(image_path)
     annotation = read_volume(annotation_path)
-    model = train_volume(image, annotation, config, class_names=class_names, on_progress=on_progress)
+    model = train_volume(
+        image, annotation, config, class_names=class_names, on_progress=on_progress
+    )
     save_model(model_path, model)
     return model
 
@@ -133,7 +137,15 @@ def write_probabilities(path: PathLike, probabilities: np.ndarray, reference: Vo
         with atomic_write(path, "wb") as handle:
             np.save(handle, probabilities.astype(np.float32), allow_pickle=False)
         return
-    write_volume(path, np.moveaxis(probabilities, 0, -1).astype(np.float32), reference=reference)
+    direction = np.eye(probabilities.ndim)
+    direction[1:, 1:] = reference.direction
+    write_volume(
+        path,
+        probabilities.astype(np.float32),
+        spacing=(1.0, *reference.spacing),
+        origin=(0.0, *reference.origin),
+        direction=direction,
+    )
 
 
 def evaluate_files(

@@ -104,8 +104,14 @@ class ModelConfig:
                 f"{__version__} reads version {FORMAT_VERSION}); retrain or upgrade"
             )
         try:
+            network = NetworkConfig.from_dict(data["network"])
+            if len(data["class_names"]) != network.n_classes:
+                raise MedsegInputError(
+                    f"model config names {len(data['class_names'])} classes but its network "
+                    f"has {network.n_classes} outputs"
+                )
             return cls(
-                network=NetworkConfig.from_dict(data["network"]),
+                network=network,
                 class_names=[str(n) for n in data["class_names"]],
                 normalization=IntensityNormalization.from_dict(data["normalization"]),
                 spacing=tuple(float(s) for s in data["spacing"]),
@@ -225,7 +231,9 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             raise MedsegInputError(f"{path.name}: not a napari-medseg model (file too short)")
         header_len = int.from_bytes(head, "little")
         if header_len <= 0 or header_len > min(size - 8, 100 * 1024**2):
-            raise MedsegInputError(f"{path.name}: not a napari-medseg model (no safetensors header)")
+            raise MedsegInputError(
+                f"{path.name}: not a napari-medseg model (no safetensors header)"
+            )
         raw = handle.read(header_len)
     try:
         header = json.loads(raw)

@@ -50,7 +50,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     bar, update = _bar_callback("train", _train_detail)
     try:
         model = train_files(
-            args.image, args.annotation, args.out, config, class_names=class_names, on_progress=update
+            args.image,
+            args.annotation,
+            args.out,
+            config,
+            class_names=class_names,
+            on_progress=update,
         )
     finally:
         bar.close()
@@ -79,7 +84,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    counts = {int(k): int((prediction.labels == k).sum()) for k in range(1, int(prediction.labels.max()) + 1)}
+    counts = {
+        int(k): int((prediction.labels == k).sum())
+        for k in range(1, int(prediction.labels.max()) + 1)
+    }
     print(f"saved {args.out} (voxels per structure: {counts or 'none'})")
     if args.probabilities:
         print(f"saved {args.probabilities}")
@@ -102,6 +110,79 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(case=args.case, time_budget=args.time_budget, device=args.device, seed=args.seed)
     return 0
+
+
+def _crossval_detail(p) -> tuple[float, str]:
+    if p.phase == "train":
+        text = f"fold {p.fold + 1}/{p.folds} train step {p.step} loss {p.loss:.3f}"
+    else:
+        text = f"fold {p.fold + 1}/{p.folds} predict tile {p.step}"
+    return p.fraction, f"{text} {p.elapsed:4.0f}s {p.message}".strip()
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    """``medseg crossval``: k-fold cross-validation over the annotated slices."""
+    import signal
+    import threading
+
+    import numpy as np
+
+    from .api import check_same_geometry
+    from .crossval import CrossValConfig, crossval
+    from .io import read_volume
+    from .progress import drive
+    from .training import TrainConfig
+
+    budget = args.time_budget
+    if budget is None and args.iterations is None:
+        budget = 60.0
+    config = CrossValConfig(
+        folds=args.folds,
+        train=TrainConfig(
+            arch=args.arch,
+            time_budget=budget,
+            iterations=args.iterations,
+            device=args.device,
+            seed=args.seed,
+            base_channels=args.base_channels,
+        ),
+    )
+    config.check()
+    image = read_volume(args.image)
+    annotation = read_volume(args.annotation)
+    check_same_geometry(image, annotation, "annotation")
+    class_names = args.class_names.split(",") if args.class_names else None
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame) -> None:  # first Ctrl-C: finish the step, keep folds
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nmedseg crossval: stopping after the current step (Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    try:
+        generator = crossval(
+            np.asarray(image.array),
+            np.asarray(annotation.array),
+            config,
+            spacing=image.spacing,
+            class_names=class_names,
+            stop=stop,
+        )
+        result = drive(generator, ProgressBar("crossval"), _crossval_detail)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.format_table())
+    return 0 if result.complete else 130
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
@@ -131,8 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("annotation", help="0 = not annotated, 1 = background, k+1 = structure k")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--arch", choices=["unet3d", "unet2d", "fcn"], default="unet3d")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="wall-clock training time (default 60 s unless --iterations is given)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wall-clock training time (default 60 s unless --iterations is given)",
+    )
     p.add_argument("--iterations", type=int, default=None, metavar="N")
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -142,9 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment an image with a trained model")
     p.add_argument("model")
     p.add_argument("image")
-    p.add_argument("--out", required=True, help="segmentation to write (0 = background, k = structure k)")
-    p.add_argument("--probabilities", default=None, metavar="FILE",
-                   help="also write per-class probabilities (.npy or a medical format)")
+    p.add_argument(
+        "--out", required=True, help="segmentation to write (0 = background, k = structure k)"
+    )
+    p.add_argument(
+        "--probabilities",
+        default=None,
+        metavar="FILE",
+        help="also write per-class probabilities (.npy or a medical format)",
+    )
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")
     p.set_defaults(func=cmd_predict)
@@ -152,17 +244,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="compare a segmentation with an expert mask")
     p.add_argument("segmentation")
     p.add_argument("expert_mask")
-    p.add_argument("--exclude", default=None, metavar="ANNOTATION",
-                   help="score only voxels this annotation leaves at 0 (not annotated)")
+    p.add_argument(
+        "--exclude",
+        default=None,
+        metavar="ANNOTATION",
+        help="score only voxels this annotation leaves at 0 (not annotated)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole loop headless on bundled sample data")
-    p.add_argument("--case", default="synthetic", help="synthetic, brain1, breast1 or prostate_phantom")
+    p.add_argument(
+        "--case", default="synthetic", help="synthetic, brain1, breast1 or prostate_phantom"
+    )
     p.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "crossval",
+        help="estimate accuracy without an expert mask: k-fold cross-validation "
+        "over the annotated slices",
+        description="Split the annotated slices that show a structure into k folds; for each "
+        "fold train on the others and score IoU/Dice on the held-out slices (the "
+        "semi-automatic setup of Cicek et al. 2016). The time budget is per fold.",
+    )
+    p.add_argument("image")
+    p.add_argument("annotation", help="0 = not annotated, 1 = background, k+1 = structure k")
+    p.add_argument("--folds", type=int, default=3, metavar="K", help="number of folds (default 3)")
+    p.add_argument("--arch", choices=["unet3d", "unet2d", "fcn"], default="unet3d")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="training time per fold (default 60 s unless --iterations is given)",
+    )
+    p.add_argument(
+        "--iterations", type=int, default=None, metavar="N", help="training steps per fold"
+    )
+    p.add_argument("--device", choices=devices, default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of fold 0 (fold f uses seed + f)")
+    p.add_argument(
+        "--base-channels",
+        type=int,
+        default=16,
+        metavar="N",
+        help="width of the network's first level (default 16)",
+    )
+    p.add_argument("--class-names", default=None, help="comma-separated structure names")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("gui", help="open napari with the plugin's widgets docked")
     p.add_argument("files", nargs="*")

@@ -34,7 +34,11 @@ def load_demo_case(case: str) -> DemoCase:
 
         syn = make_synthetic_case()
         return DemoCase(
-            "synthetic", syn.image, syn.annotation, syn.expert_mask, tuple(syn.spacing),
+            "synthetic",
+            syn.image,
+            syn.annotation,
+            syn.expert_mask,
+            tuple(syn.spacing),
             list(syn.class_names),
         )
     from .sample_data import REAL_CASES, load_real_case, real_case_annotation
@@ -84,7 +88,9 @@ def run_demo(
     )
     config = TrainConfig(time_budget=time_budget, device=device, seed=seed)
     model = drive(
-        train(data.image, data.annotation, config, spacing=data.spacing, class_names=data.class_names),
+        train(
+            data.image, data.annotation, config, spacing=data.spacing, class_names=data.class_names
+        ),
         ProgressBar("train  "),
         lambda p: (p.fraction, f"step {p.step} loss {p.loss:.3f} {p.elapsed:3.0f}s"),
     )
@@ -95,10 +101,16 @@ def run_demo(
     )
     scored = data.annotation == 0
     labels = sorted(int(v) for v in np.unique(data.expert_mask) if v != 0)
-    result = evaluate(prediction.labels, data.expert_mask, spacing=data.spacing, labels=labels, mask=scored)
+    result = evaluate(
+        prediction.labels, data.expert_mask, spacing=data.spacing, labels=labels, mask=scored
+    )
     baseline = evaluate(
-        threshold_baseline(data.image, data.annotation), data.expert_mask,
-        spacing=data.spacing, labels=labels, mask=scored, surface_distances=False,
+        threshold_baseline(data.image, data.annotation),
+        data.expert_mask,
+        spacing=data.spacing,
+        labels=labels,
+        mask=scored,
+        surface_distances=False,
     )
     print_fn("\n3D U-Net, voxels not annotated:")
     print_fn(result.format_table())

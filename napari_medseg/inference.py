@@ -136,6 +136,8 @@ def predict(
         raise MedsegInputError(
             f"image has {volume.ndim} dimensions; napari-medseg segments 2D images and 3D volumes"
         )
+    if not np.isfinite(volume).any():
+        raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
     device = resolve_device(config.device)
     normalized = model.config.normalization.apply(volume)
     tile_shape = tuple(config.tile_shape or default_tile_shape(model, volume.shape))

@@ -35,7 +35,9 @@ def masked_cross_entropy(
     )
 
 
-def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+def masked_soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0
+) -> torch.Tensor:
     """``1 - mean soft Dice`` of the structures (background excluded), annotated voxels only.
 
     Dice is computed over the whole batch ("batch Dice"), which is stable when a patch holds

@@ -62,4 +62,9 @@ class IntensityNormalization:
     @classmethod
     def from_dict(cls, data: dict[str, float]) -> IntensityNormalization:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: float(data[k]) for k in ("lower", "upper", "mean", "std")})
+        values = {k: float(data[k]) for k in ("lower", "upper", "mean", "std")}
+        if not all(np.isfinite(v) for v in values.values()):
+            raise MedsegInputError("model normalisation holds non-finite values")
+        if values["std"] <= 0 or values["lower"] > values["upper"]:
+            raise MedsegInputError("model normalisation is invalid (std <= 0 or lower > upper)")
+        return cls(**values)

@@ -42,7 +42,9 @@ class ProgressBar:
         """Show ``fraction`` (0..1) done, with a short detail text."""
         fraction = min(1.0, max(0.0, fraction))
         filled = int(round(self.width * fraction))
-        line = f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {fraction:4.0%} {detail}"
+        line = (
+            f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {fraction:4.0%} {detail}"
+        )
         now = time.monotonic()
         if self.tty:
             if now - self._last_print > 0.1 or fraction >= 1.0:

@@ -9,12 +9,32 @@ import numpy as np
 from .annotation import IGNORE_INDEX
 
 
+def unknown_region(target: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
+    """Bounding box of the voxels not annotated, grown by ``margin`` (``None`` if there are none).
+
+    Outside it every voxel is annotated, so that is where the network's answer matters.
+    """
+    unknown = target == IGNORE_INDEX
+    if not unknown.any():
+        return None
+    box = []
+    for axis, grow in enumerate(margin):
+        other = tuple(a for a in range(target.ndim) if a != axis)
+        hits = np.flatnonzero(unknown.any(axis=other))
+        box.append(slice(max(0, hits[0] - grow), min(target.shape[axis], hits[-1] + 1 + grow)))
+    return tuple(box)
+
+
 class AnnotatedPatchSampler:
     """Sample patches centred near annotated voxels, balanced across classes.
 
     Every patch contains at least one annotated voxel: a class is drawn uniformly among the
     annotated classes (so the few foreground voxels are seen as often as the background), then
     a voxel of that class, and the patch is placed around it with a random offset.
+
+    When the user has annotated everything outside some region (a region-of-interest box, or
+    whole slices marked background), half of the background draws are taken near the voxels
+    still unknown, where the answer matters; the other half keep covering the whole image.
 
     Parameters
     ----------
@@ -43,9 +63,7 @@ class AnnotatedPatchSampler:
         widths = [(w // 2, w - w // 2) for w in pad]
         fill = float(image.min()) if image.size else 0.0
         self.image = np.pad(image, [(0, 0), *widths], constant_values=fill) if any(pad) else image
-        self.target = (
-            np.pad(target, widths, constant_values=IGNORE_INDEX) if any(pad) else target
-        )
+        self.target = np.pad(target, widths, constant_values=IGNORE_INDEX) if any(pad) else target
         self.points: dict[int, np.ndarray] = {}
         flat = self.target.reshape(-1)
         for cls in np.unique(flat):
@@ -56,11 +74,28 @@ class AnnotatedPatchSampler:
                 idx = rng.choice(idx, max_points_per_class, replace=False)
             self.points[int(cls)] = idx
         self.classes = sorted(self.points)
+        self.focus_points = self._focus_background(flat)
+
+    def _focus_background(self, flat: np.ndarray) -> np.ndarray | None:
+        """Background voxels inside the (grown) box of unknown voxels, if that box is smaller."""
+        margin = [p // 2 for p in self.patch_shape]
+        region = unknown_region(self.target, margin)
+        if region is None or 0 not in self.points:
+            return None
+        inside = np.zeros(self.target.shape, dtype=bool)
+        inside[region] = True
+        if inside.all():
+            return None
+        idx = np.flatnonzero(inside.reshape(-1) & (flat == 0))
+        return idx if idx.size else None
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """Draw one ``(image_patch, target_patch)`` pair (copies)."""
         cls = self.classes[int(self.rng.integers(len(self.classes)))]
-        flat_index = self.points[cls][int(self.rng.integers(self.points[cls].size))]
+        points = self.points[cls]
+        if cls == 0 and self.focus_points is not None and self.rng.random() < 0.5:
+            points = self.focus_points
+        flat_index = points[int(self.rng.integers(points.size))]
         centre = np.unravel_index(flat_index, self.target.shape)
         slices = []
         for c, p, s in zip(centre, self.patch_shape, self.target.shape):

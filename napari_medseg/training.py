@@ -121,6 +121,16 @@ class _RunState:
     step: int = 0
     losses: list[float] = field(default_factory=list)
     stop_reason: str = "finished"
+    seconds_per_step: float = 0.0
+    _last: float = field(default_factory=time.perf_counter)
+
+    def record(self, loss: float) -> None:
+        now = time.perf_counter()
+        took, self._last = now - self._last, now
+        self.step += 1
+        self.losses.append(loss)
+        rate = self.seconds_per_step
+        self.seconds_per_step = took if self.step == 1 else 0.8 * rate + 0.2 * took
 
 
 def _as_volume(array: np.ndarray, name: str) -> np.ndarray:
@@ -134,9 +144,17 @@ def _as_volume(array: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
+def _declared_classes(class_names: Sequence[str] | None) -> int | None:
+    """Number of classes (background included) that the given names declare, if any."""
+    names = list(class_names or [])
+    if not names:
+        return None
+    return len(names) + (0 if names[0].lower() == "background" else 1)
+
+
 def _default_class_names(n_classes: int, class_names: Sequence[str] | None) -> list[str]:
     names = list(class_names or [])
-    if names and names[0].lower() != "background":
+    if not names or names[0].lower() != "background":
         names = ["background", *names]
     names = names[:n_classes]
     while len(names) < n_classes:
@@ -208,7 +226,9 @@ def train(
     config.check()
     image = _as_volume(image, "image")
     annotation = _as_volume(annotation, "annotation")
-    n_classes = validate_annotation(annotation, image.shape)
+    n_classes = validate_annotation(annotation, image.shape, _declared_classes(class_names))
+    if not np.isfinite(image).any():
+        raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
     spacing_t = tuple(float(s) for s in (spacing or (1.0,) * image.ndim))
     if len(spacing_t) == 2:
         spacing_t = (max(spacing_t), *spacing_t)
@@ -223,106 +243,52 @@ def train(
         torch.set_num_threads(config.threads)
 
     normalization = IntensityNormalization.fit(image)
-    norm_image = normalization.apply(image)[np.newaxis]
     target = annotation_to_target(annotation)
     counts = [int(np.count_nonzero(target == c)) for c in range(n_classes)]
-
     patch_shape = _patch_for(config, image.shape, spacing_t)
-    pool_sizes, kernel_sizes = (None, None)
-    if config.arch == "unet3d":
-        pool_sizes, kernel_sizes = plan_network(spacing_t, patch_shape)
-    net_config = NetworkConfig(
-        arch=config.arch,
-        in_channels=1,
-        n_classes=n_classes,
-        base_channels=config.base_channels,
-        batch_norm=config.batch_norm,
-        pool_sizes=pool_sizes,
-        kernel_sizes=kernel_sizes,
+    net_config = _network_config(config, n_classes, spacing_t, patch_shape)
+    sampler = AnnotatedPatchSampler(
+        normalization.apply(image)[np.newaxis], target, patch_shape, rng
     )
-    network = build_network(net_config).to(device)
-    network.train()
-    sampler = AnnotatedPatchSampler(norm_image, target, patch_shape, rng)
-    aug_config = AugmentConfig(elastic=config.elastic)
-    weights = class_weights_from_counts(counts).to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    amp_dtype = autocast_dtype(device, config.mixed_precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    pin = device.type == "cuda"
-
+    run = _Optimisation(config, net_config, device, class_weights_from_counts(counts))
     state = _RunState()
-    last_good = copy.deepcopy(network.state_dict())
-    seconds_per_step = 0.0
 
-    def fraction_done(elapsed: float) -> float:
-        parts = []
-        if config.iterations:
-            parts.append(state.step / config.iterations)
-        if config.time_budget:
-            parts.append(elapsed / config.time_budget)
-        return float(min(1.0, max(parts)))
-
-    while True:
+    def progress(loss: float, message: str = "") -> TrainProgress:
         elapsed = time.perf_counter() - start
-        if stop is not None and stop.is_set():
-            state.stop_reason = "stopped"
-            break
-        if config.iterations is not None and state.step >= config.iterations:
-            break
-        if config.time_budget is not None and elapsed + seconds_per_step > config.time_budget:
-            if state.step > 0:
-                break
-        step_start = time.perf_counter()
-        images, targets = sampler.batch(config.batch_size)
-        if config.augment:
-            pairs = [augment(i, t, rng, aug_config, spacing_t) for i, t in zip(images, targets)]
-            images = np.stack([p[0] for p in pairs])
-            targets = np.stack([p[1] for p in pairs])
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64))
-        if pin:
-            x, y = x.pin_memory(), y.pin_memory()
-        x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
-
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * _lr_factor(fraction_done(elapsed), state.step)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = network(x)
-        loss = masked_cross_entropy(logits, y, weights)
-        if config.dice_weight > 0:
-            loss = loss + config.dice_weight * masked_soft_dice(logits, y)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            network.load_state_dict(last_good)
-            state.stop_reason = "diverged"
-            yield TrainProgress(
-                state.step,
-                config.iterations,
-                loss_value,
-                time.perf_counter() - start,
-                fraction_done(time.perf_counter() - start),
-                "loss became NaN or infinite: training stopped, last good weights kept",
-            )
-            break
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        state.step += 1
-        state.losses.append(loss_value)
-        if state.step % 10 == 0:
-            last_good = copy.deepcopy(network.state_dict())
-        step_time = time.perf_counter() - step_start
-        seconds_per_step = step_time if state.step == 1 else 0.8 * seconds_per_step + 0.2 * step_time
-        elapsed = time.perf_counter() - start
-        yield TrainProgress(
-            state.step, config.iterations, loss_value, elapsed, fraction_done(elapsed)
+        return TrainProgress(
+            state.step,
+            config.iterations,
+            loss,
+            elapsed,
+            _fraction(config, state.step, elapsed),
+            message,
         )
 
-    network.eval()
-    network.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    try:
+        while (reason := _stop_reason(config, state, stop, time.perf_counter() - start)) is None:
+            images, targets = sampler.batch(config.batch_size)
+            if config.augment:
+                images, targets = _augment_batch(images, targets, rng, config, spacing_t)
+            fraction = _fraction(config, state.step, time.perf_counter() - start)
+            loss = run.step(
+                images, targets, config.learning_rate * _lr_factor(fraction, state.step)
+            )
+            if not math.isfinite(loss):
+                run.restore_last_good()
+                state.stop_reason = "diverged"
+                yield progress(
+                    loss, "loss became NaN or infinite: training stopped, last good weights kept"
+                )
+                break
+            state.record(loss)
+            if state.step % 10 == 0:
+                run.remember_good()
+            yield progress(loss)
+        else:
+            state.stop_reason = reason
+    finally:
+        run.release()
+
     history = {
         "steps": state.step,
         "seconds": round(time.perf_counter() - start, 3),
@@ -331,14 +297,124 @@ def train(
         "device": str(device),
         "class_voxel_counts": counts,
     }
-    settings = asdict(config)
     model_config = ModelConfig(
         network=net_config,
         class_names=_default_class_names(n_classes, class_names),
         normalization=normalization,
         spacing=spacing_t,
         patch_shape=tuple(int(p) for p in patch_shape),
-        training=settings,
+        training=asdict(config),
         history=history,
     )
-    return TrainedModel(network, model_config)
+    return TrainedModel(run.network, model_config)
+
+
+def _fraction(config: TrainConfig, step: int, elapsed: float) -> float:
+    parts = []
+    if config.iterations:
+        parts.append(step / config.iterations)
+    if config.time_budget:
+        parts.append(elapsed / config.time_budget)
+    return float(min(1.0, max(parts)))
+
+
+def _stop_reason(
+    config: TrainConfig, state: _RunState, stop: threading.Event | None, elapsed: float
+) -> str | None:
+    """Why training ends before the next step, or ``None`` to go on."""
+    if stop is not None and stop.is_set():
+        return "stopped"
+    if config.iterations is not None and state.step >= config.iterations:
+        return "finished"
+    if config.time_budget is not None and state.step > 0:
+        if elapsed + state.seconds_per_step > config.time_budget:
+            return "finished"
+    return None
+
+
+def _augment_batch(images, targets, rng, config: TrainConfig, spacing):
+    aug_config = AugmentConfig(elastic=config.elastic)
+    pairs = [augment(i, t, rng, aug_config, spacing) for i, t in zip(images, targets)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _network_config(
+    config: TrainConfig, n_classes: int, spacing: tuple[float, ...], patch_shape: tuple[int, ...]
+) -> NetworkConfig:
+    pool_sizes, kernel_sizes = (None, None)
+    if config.arch == "unet3d":
+        pool_sizes, kernel_sizes = plan_network(spacing, patch_shape)
+    return NetworkConfig(
+        arch=config.arch,
+        in_channels=1,
+        n_classes=n_classes,
+        base_channels=config.base_channels,
+        batch_norm=config.batch_norm,
+        pool_sizes=pool_sizes,
+        kernel_sizes=kernel_sizes,
+    )
+
+
+class _Optimisation:
+    """The network, its optimiser and mixed-precision state on one device."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        net_config: NetworkConfig,
+        device: torch.device,
+        class_weights: torch.Tensor,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.network = build_network(net_config).to(device)
+        self.network.train()
+        self.weights = class_weights.to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.learning_rate, weight_decay=1e-4
+        )
+        self.amp_dtype = autocast_dtype(device, config.mixed_precision)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.pin = device.type == "cuda"
+        self.last_good = copy.deepcopy(self.network.state_dict())
+
+    def _to_device(self, array: np.ndarray, dtype: np.dtype) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        if self.pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=self.pin)
+
+    def step(self, images: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        """One optimisation step; returns the loss (not applied when it is not finite)."""
+        x = self._to_device(images, np.float32)
+        y = self._to_device(targets, np.int64)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = self.network(x)
+        loss = masked_cross_entropy(logits, y, self.weights)
+        if self.config.dice_weight > 0:
+            loss = loss + self.config.dice_weight * masked_soft_dice(logits, y)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return value
+
+    def remember_good(self) -> None:
+        """Keep a copy of the current weights to fall back on."""
+        self.last_good = copy.deepcopy(self.network.state_dict())
+
+    def restore_last_good(self) -> None:
+        """Return to the last weights remembered as good."""
+        self.network.load_state_dict(self.last_good)
+
+    def release(self) -> None:
+        """Eval mode, back to the CPU, device memory freed."""
+        self.network.eval()
+        self.network.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
