@@ -1,0 +1,130 @@
+"""Small Qt building blocks shared by the widgets: status line, progress row, sections."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+ERROR_STYLE = "color: #ff6b6b; font-weight: bold;"
+INFO_STYLE = ""
+PROGRESS_STEPS = 1000
+
+
+class StatusLabel(QLabel):
+    """A word-wrapped status line: neutral for information, red for errors."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.is_error = False
+        self.setObjectName("medseg_status")
+
+    def info(self, message: str) -> None:
+        """Show an information message."""
+        self.is_error = False
+        self.setStyleSheet(INFO_STYLE)
+        self.setText(message)
+
+    def error(self, message: str) -> None:
+        """Show an error message (in red)."""
+        self.is_error = True
+        self.setStyleSheet(ERROR_STYLE)
+        self.setText(message)
+
+    def clear(self) -> None:
+        """Remove the message."""
+        self.is_error = False
+        self.setStyleSheet(INFO_STYLE)
+        self.setText("")
+
+
+class ProgressRow(QWidget):
+    """A progress bar with a one-line description under it."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, PROGRESS_STEPS)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.label = QLabel("")
+        self.label.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.label)
+
+    def start(self, text: str = "starting…") -> None:
+        """Show an indeterminate ("busy") bar until the first update."""
+        self.bar.setRange(0, 0)
+        self.label.setText(text)
+
+    def update(self, fraction: float | None, text: str = "") -> None:  # type: ignore[override]
+        """Show progress ``fraction`` (0..1, None for unknown) and ``text``."""
+        if fraction is None:
+            self.bar.setRange(0, 0)
+        else:
+            self.bar.setRange(0, PROGRESS_STEPS)
+            frac = min(max(float(fraction), 0.0), 1.0)
+            self.bar.setValue(round(frac * PROGRESS_STEPS))
+        self.label.setText(text)
+
+    def finish(self, text: str = "", complete: bool = True) -> None:
+        """Leave the bar full (``complete``) or where it was, and show ``text``."""
+        if self.bar.maximum() == 0:
+            self.bar.setRange(0, PROGRESS_STEPS)
+            self.bar.setValue(PROGRESS_STEPS if complete else 0)
+        elif complete:
+            self.bar.setValue(PROGRESS_STEPS)
+        self.label.setText(text)
+
+    @property
+    def fraction(self) -> float:
+        """Current value of the bar, 0..1 (0 while busy)."""
+        if self.bar.maximum() == 0:
+            return 0.0
+        return self.bar.value() / self.bar.maximum()
+
+
+def section_title(text: str) -> QLabel:
+    """A bold label used as a section title."""
+    label = QLabel(text)
+    font = label.font()
+    font.setBold(True)
+    label.setFont(font)
+    return label
+
+
+def separator() -> QFrame:
+    """A thin horizontal line."""
+    line = QFrame()
+    line.setFrameShape(QFrame.Shape.HLine)
+    line.setFrameShadow(QFrame.Shadow.Sunken)
+    return line
+
+
+def form_layout() -> QFormLayout:
+    """A form layout whose fields grow with the dock and whose rows wrap when narrow."""
+    form = QFormLayout()
+    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+    form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    return form
+
+
+def button(text: str, tooltip: str = "") -> QPushButton:
+    """A push button with a tooltip."""
+    b = QPushButton(text)
+    if tooltip:
+        b.setToolTip(tooltip)
+    return b

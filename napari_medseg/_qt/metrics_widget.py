@@ -1,0 +1,248 @@
+"""Step 4 · Metrics: compare a segmentation with an expert mask, structure by structure."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import numpy as np
+from napari.viewer import Viewer
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QHBoxLayout,
+    QHeaderView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import MedsegInputError
+from ._common import StatusLabel, button, form_layout
+from ._layers import class_names_of, labels_picker, layer_array, spacing_of
+from ._worker import report_error, run_function
+
+COLUMNS = ("Structure", "Dice", "Jaccard", "SA %", "HD95 mm", "ASSD mm")
+RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+KEYS = ("dice", "jaccard", "sa", "hd95_mm", "assd_mm")
+FORMATS = {"dice": "{:.4f}", "jaccard": "{:.4f}", "sa": "{:.2f}", "hd95_mm": "{:.2f}",
+           "assd_mm": "{:.2f}"}
+
+
+def metric_rows(result: Any, class_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of the table from an :class:`~napari_medseg.metrics.EvaluationResult`.
+
+    Returns
+    -------
+    list of dict
+        One ``{"structure": name, "dice": ..., ...}`` per structure, then a ``"mean"`` row
+        (HD95 and ASSD means are taken over the structures that have them).
+    """
+    data = result.to_dict()
+    names = dict(getattr(result, "class_names", {}) or {})
+    rows: list[dict[str, Any]] = []
+    for key, values in data["classes"].items():
+        k = int(key)
+        if k not in names and class_names and 0 < k <= len(class_names):
+            names[k] = class_names[k - 1]
+        row = {"structure": f"{k} · {names[k]}" if k in names else f"structure {k}"}
+        row.update({m: values.get(m) for m in KEYS})
+        rows.append(row)
+    mean: dict[str, Any] = {"structure": "mean"}
+    for m in KEYS:
+        if m in data["mean"]:
+            mean[m] = data["mean"][m]
+        else:
+            present = [r[m] for r in rows if r[m] is not None]
+            mean[m] = float(np.mean(present)) if present else None
+    rows.append(mean)
+    return rows
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV text (header + rows) with full precision."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [row["structure"]] + ["" if row[m] is None else f"{row[m]:.6g}" for m in KEYS]
+        )
+    return buffer.getvalue()
+
+
+class MetricsWidget(QWidget):
+    """Dice, Jaccard, SA, HD95 and ASSD of a segmentation against an expert mask.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.rows: list[dict[str, Any]] = []
+        self.segmentation_picker = labels_picker(
+            napari_viewer, prefer=("segmentation",), avoid=("annotation", "expert", "mask")
+        )
+        self.reference_picker = labels_picker(
+            napari_viewer,
+            prefer=("expert", "mask", "label", "reference", "ground"),
+            avoid=("annotation", "segmentation"),
+        )
+        self.only_unannotated = QCheckBox("only voxels not annotated")
+        self.only_unannotated.setToolTip(
+            "Score only the voxels the user did not paint (as in the 3D U-Net paper)"
+        )
+        self.annotation_picker = labels_picker(
+            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
+        )
+        self.annotation_picker.setEnabled(False)
+        self.compute_button = button("Compute", "Compute the metrics (surface distances in mm)")
+        self.copy_button = button("Copy as CSV", "Copy the table to the clipboard")
+        self.copy_button.setEnabled(False)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setMinimumHeight(110)
+        self.status = StatusLabel()
+
+        layout = QVBoxLayout(self)
+        form = form_layout()
+        form.addRow("Segmentation", self.segmentation_picker)
+        form.addRow("Expert mask", self.reference_picker)
+        form.addRow("", self.only_unannotated)
+        form.addRow("Annotation", self.annotation_picker)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        row.addWidget(self.compute_button, 2)
+        row.addWidget(self.copy_button, 1)
+        layout.addLayout(row)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.status)
+
+        self.only_unannotated.toggled.connect(self.annotation_picker.setEnabled)
+        self.compute_button.clicked.connect(self.compute)
+        self.copy_button.clicked.connect(self.copy_csv)
+
+    @property
+    def is_running(self) -> bool:
+        """True while metrics are being computed."""
+        return self.worker is not None
+
+    def _inputs(self) -> dict[str, Any]:
+        seg_layer = self.segmentation_picker.layer()
+        ref_layer = self.reference_picker.layer()
+        if seg_layer is None or ref_layer is None:
+            raise MedsegInputError("choose a segmentation and an expert-mask layer")
+        if seg_layer == ref_layer:
+            raise MedsegInputError("the segmentation and the expert mask are the same layer")
+        seg = np.array(layer_array(seg_layer), copy=True)
+        ref = np.array(layer_array(ref_layer), copy=True)
+        if seg.shape != ref.shape:
+            raise MedsegInputError(
+                f"segmentation shape {seg.shape} differs from expert-mask shape {ref.shape}"
+            )
+        spacing = spacing_of(seg_layer)
+        if not np.allclose(spacing, spacing_of(ref_layer), rtol=1e-3):
+            raise MedsegInputError(
+                "the segmentation and the expert mask have different voxel sizes"
+            )
+        mask = None
+        ann_layer = None
+        if self.only_unannotated.isChecked():
+            ann_layer = self.annotation_picker.layer()
+            if ann_layer is None:
+                raise MedsegInputError("choose the annotation layer (or untick 'only voxels …')")
+            annotation = layer_array(ann_layer)
+            if annotation.shape != ref.shape:
+                raise MedsegInputError(
+                    f"annotation shape {annotation.shape} differs from expert-mask shape "
+                    f"{ref.shape}"
+                )
+            mask = np.asarray(annotation) == 0
+            if not mask.any():
+                raise MedsegInputError("every voxel is annotated: nothing left to score")
+        names = class_names_of(seg_layer, ref_layer, ann_layer)
+        return {"segmentation": seg, "reference": ref, "spacing": spacing, "mask": mask,
+                "class_names": names}
+
+    def compute(self) -> bool:
+        """Compute the metrics in a worker thread and fill the table.
+
+        Returns
+        -------
+        bool
+            True when the computation started; False when refused (the reason is shown).
+        """
+        if self.is_running:
+            return False
+        from ..metrics import evaluate
+
+        try:
+            inputs = self._inputs()
+        except MedsegInputError as exc:
+            report_error(exc, self.status)
+            return False
+        names = inputs.pop("class_names")
+        self.compute_button.setEnabled(False)
+        self.status.info("computing…")
+        self.worker = run_function(
+            lambda: evaluate(
+                inputs["segmentation"], inputs["reference"], spacing=inputs["spacing"],
+                mask=inputs["mask"], class_names=names,
+            ),
+            name="MedSeg metrics",
+            on_return=lambda result: self._show(result, names),
+            on_error=lambda exc: report_error(exc, self.status, prefix="metrics failed: "),
+            on_finish=self._on_finished,
+        )
+        return True
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.compute_button.setEnabled(True)
+
+    def _show(self, result: Any, class_names: list[str] | None) -> None:
+        self.result = result
+        self.rows = metric_rows(result, class_names)
+        self.table.setRowCount(len(self.rows))
+        for r, row in enumerate(self.rows):
+            item = QTableWidgetItem(row["structure"])
+            if row["structure"] == "mean":
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
+            self.table.setItem(r, 0, item)
+            for c, key in enumerate(KEYS, start=1):
+                value = row[key]
+                text = "–" if value is None else FORMATS[key].format(value)
+                cell = QTableWidgetItem(text)
+                cell.setTextAlignment(RIGHT)
+                self.table.setItem(r, c, cell)
+        self.copy_button.setEnabled(True)
+        scope = " (voxels not annotated)" if self.only_unannotated.isChecked() else ""
+        self.status.info(f"{len(self.rows) - 1} structure(s) scored{scope}")
+
+    def csv_text(self) -> str:
+        """The table as CSV text."""
+        return rows_to_csv(self.rows)
+
+    def copy_csv(self) -> str:
+        """Copy the table to the clipboard as CSV and return the text."""
+        text = self.csv_text()
+        QApplication.clipboard().setText(text)
+        self.status.info("table copied to the clipboard")
+        return text

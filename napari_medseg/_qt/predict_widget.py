@@ -1,0 +1,443 @@
+"""Step 3 · Predict: segment an image with a trained model, tile by tile, live.
+
+The segmentation layer is created when Predict is pressed and each finished tile is
+written into it (on the GUI thread, from the worker's ``yielded`` signal), so the result
+grows on screen. A stopped run leaves the layer named ``"… (stopped)"``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.viewer import Viewer
+from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from ..errors import MedsegInputError
+from ._colors import segmentation_color_dict, structure_color
+from ._common import ProgressRow, StatusLabel, button, form_layout, section_title, separator
+from ._forms import ConfigForm
+from ._layers import CLASS_NAMES_KEY, geometry_kwargs, image_picker, layer_array, spacing_of
+from ._state import MODELS, ModelEntry, ModelRegistry
+from ._worker import report_error, run_function, run_generator
+
+BASIC_FIELDS = ("device", "overlap", "probabilities")
+MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
+SEGMENTATION_FILE_FILTER = (
+    "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha *.mhd);;TIFF (*.tif *.tiff);;"
+    "NumPy (*.npy)"
+)
+STOPPED_SUFFIX = " (stopped)"
+#: At most one redraw of the growing segmentation per this many seconds (tiles can be fast).
+REFRESH_INTERVAL_S = 0.1
+
+
+def describe_model(entry: ModelEntry) -> str:
+    """One line about a model: architecture, structures, spacing, training length."""
+    config = entry.model.config
+    names = list(config.class_names[1:]) or ["—"]
+    spacing = " × ".join(f"{s:.3g}" for s in config.spacing)
+    history = getattr(config, "history", {}) or {}
+    steps = history.get("steps")
+    trained = f" · {steps} steps" if steps is not None else ""
+    source = "" if entry.source == "trained" else f" · from {Path(entry.source).name}"
+    return f"{config.arch} · {', '.join(names)} · {spacing} mm{trained}{source}"
+
+
+class PredictWidget(QWidget):
+    """Apply a trained model to an image layer and show the segmentation as it grows.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    registry : ModelRegistry, optional
+        Models to choose from (default: the session-wide :data:`~._state.MODELS`).
+    """
+
+    def __init__(self, napari_viewer: Viewer, registry: ModelRegistry | None = None) -> None:
+        super().__init__()
+        from ..inference import PredictConfig
+
+        self.viewer = napari_viewer
+        self.registry = registry if registry is not None else MODELS
+        self.worker: Any = None
+        self.result_layer: Labels | None = None
+        self.probability_layers: list[Image] = []
+        self.tiles_shown = 0
+        self.redraws = 0
+        self._last_redraw = 0.0
+        self._stop: threading.Event | None = None
+        self._base_name = ""
+
+        self.model_combo = QComboBox()
+        self.model_combo.setPlaceholderText("(no model: train or load one)")
+        self.model_combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.model_combo.setMinimumContentsLength(12)
+        self.load_button = button("Load model…", "Read a model file (.safetensors)")
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.image_picker = image_picker(napari_viewer)
+        self.form = ConfigForm(
+            PredictConfig,
+            BASIC_FIELDS,
+            none_text={"tile_shape": "chosen from the model"},
+            suggest={"tile_shape": (64, 128, 128)},
+            limits={"overlap": (0.0, 0.95, 0.05), "tile_shape": (1, 4096)},
+        )
+        self.predict_button = button("Predict", "Segment the image with the chosen model")
+        self.stop_button = button("Stop", "Stop after the current tile")
+        self.stop_button.setEnabled(False)
+        self.progress = ProgressRow()
+        self.status = StatusLabel()
+        self.save_button = button(
+            "Save segmentation…", "Write the segmentation with the image's geometry"
+        )
+        self.save_button.setEnabled(False)
+
+        layout = QVBoxLayout(self)
+        form = form_layout()
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.load_button)
+        form.addRow("Model", model_row)
+        form.addRow("", self.model_info)
+        form.addRow("Image", self.image_picker)
+        layout.addLayout(form)
+        layout.addWidget(separator())
+        layout.addWidget(section_title("Settings"))
+        layout.addWidget(self.form)
+        row = QHBoxLayout()
+        row.addWidget(self.predict_button, 2)
+        row.addWidget(self.stop_button, 1)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.save_button)
+        layout.addStretch(1)
+
+        self.load_button.clicked.connect(self.load_model_dialog)
+        self.predict_button.clicked.connect(self.start_prediction)
+        self.stop_button.clicked.connect(self.stop_prediction)
+        self.save_button.clicked.connect(self.save_segmentation_dialog)
+        self.model_combo.currentIndexChanged.connect(self._show_model_info)
+        self.registry.changed.connect(self._refresh_models)
+        self._refresh_models()
+
+    # -- models -----------------------------------------------------------------------------
+    def _refresh_models(self) -> None:
+        try:
+            current = self.model_combo.currentText()
+            names = self.registry.names()
+            known = {self.model_combo.itemText(i) for i in range(self.model_combo.count())}
+            new = [n for n in names if n not in known]
+            self.model_combo.blockSignals(True)
+            self.model_combo.clear()
+            self.model_combo.addItems(names)
+            chosen = new[-1] if new else current
+            self.model_combo.setCurrentIndex(names.index(chosen) if chosen in names else -1)
+            self.model_combo.blockSignals(False)
+            self._show_model_info()
+        except RuntimeError:  # widget deleted: stop listening
+            self.registry.changed.disconnect(self._refresh_models)
+
+    def selected_model(self) -> ModelEntry | None:
+        """The chosen model entry, or None."""
+        return self.registry.get(self.model_combo.currentText())
+
+    def select_model(self, name: str) -> None:
+        """Choose the model called ``name``."""
+        index = self.model_combo.findText(name)
+        if index < 0:
+            raise KeyError(name)
+        self.model_combo.setCurrentIndex(index)
+
+    def _show_model_info(self, *_: Any) -> None:
+        entry = self.selected_model()
+        self.model_info.setText(describe_model(entry) if entry is not None else "")
+        self.model_info.setVisible(entry is not None)
+
+    def load_model_dialog(self) -> None:
+        """Ask for a model file and load it."""
+        path, _ = QFileDialog.getOpenFileName(self, "Load model", "", MODEL_FILE_FILTER)
+        if path:
+            self.load_model_file(path)
+
+    def load_model_file(self, path: str | Path) -> Any:
+        """Load a model file in a worker thread and add it to the registry."""
+        from ..checkpoint import load_model
+
+        target = Path(path)
+        self.load_button.setEnabled(False)
+        self.status.info(f"loading {target.name}…")
+
+        def loaded(model: Any) -> None:
+            entry = self.registry.add(target.name.split(".")[0], model, source=str(target))
+            self.select_model(entry.name)
+            self.status.info(f"model '{entry.name}' loaded")
+
+        def failed(exc: BaseException) -> None:
+            report_error(exc, self.status, prefix=f"could not load {target.name}: ")
+
+        return run_function(
+            lambda: load_model(target),
+            name="MedSeg load model",
+            on_return=loaded,
+            on_error=failed,
+            on_finish=lambda: self.load_button.setEnabled(True),
+        )
+
+    # -- prediction -------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        """True while a prediction is in progress."""
+        return self.worker is not None
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        for widget in (self.form, self.model_combo, self.load_button, self.image_picker):
+            widget.setEnabled(not running)
+
+    def _result_layer_for(self, image_layer: Image, shape: tuple[int, ...], entry: ModelEntry):
+        names = list(entry.model.config.class_names[1:])
+        dtype = np.uint8 if len(names) < 255 else np.uint16
+        base = f"{image_layer.name} segmentation"
+        metadata = dict(image_layer.metadata)
+        metadata.update({CLASS_NAMES_KEY: names, "medseg_model": entry.name})
+        for candidate in (base, base + STOPPED_SUFFIX):
+            old = self.viewer.layers[candidate] if candidate in self.viewer.layers else None
+            if isinstance(old, Labels) and layer_array(old).shape == shape:
+                old.data = np.zeros(shape, dtype=dtype)
+                old.name = base
+                old.metadata = metadata
+                old.colormap = segmentation_color_dict(len(names))
+                return old, base
+        layer = self.viewer.add_labels(
+            np.zeros(shape, dtype=dtype),
+            name=base,
+            colormap=segmentation_color_dict(len(names)),
+            opacity=0.5,
+            metadata=metadata,
+            **geometry_kwargs(image_layer),
+        )
+        return layer, layer.name
+
+    def start_prediction(self) -> bool:
+        """Check the inputs, add the segmentation layer and start predicting.
+
+        Returns
+        -------
+        bool
+            True when prediction started; False when refused (the reason is shown).
+        """
+        if self.is_running:
+            return False
+        from ..inference import predict
+
+        try:
+            entry = self.selected_model()
+            if entry is None:
+                raise MedsegInputError("no model: train one (2 · Train) or load a model file")
+            image_layer = self.image_picker.layer()
+            if image_layer is None:
+                raise MedsegInputError("choose an image layer")
+            if getattr(image_layer, "rgb", False):
+                raise MedsegInputError(f"'{image_layer.name}' is an RGB image")
+            image = layer_array(image_layer)
+            if image.ndim not in (2, 3):
+                raise MedsegInputError(
+                    f"'{image_layer.name}' has {image.ndim} dimensions; expected a 2D or 3D image"
+                )
+            config = self.form.config()
+        except (MedsegInputError, TypeError, ValueError) as exc:
+            report_error(exc, self.status)
+            return False
+
+        self.result_layer, self._base_name = self._result_layer_for(image_layer, image.shape, entry)
+        self._image_layer = image_layer
+        self._class_names = list(entry.model.config.class_names[1:])
+        self.tiles_shown = 0
+        self.redraws = 0
+        self._last_redraw = 0.0
+        stop = threading.Event()
+        self._stop = stop
+        self._set_running(True)
+        self.save_button.setEnabled(False)
+        self.progress.start("preparing…")
+        note = self._spacing_note(entry, image_layer)
+        self.status.info("predicting…" + note)
+        model = entry.model
+        self.worker = run_generator(
+            lambda: predict(model, image, config, stop=stop),
+            name="MedSeg prediction",
+            on_yield=self._on_tile,
+            on_return=self._on_prediction,
+            on_error=self._on_error,
+            on_finish=self._on_finished,
+            on_abort=self._on_aborted,
+        )
+        return True
+
+    @staticmethod
+    def _spacing_note(entry: ModelEntry, image_layer: Image) -> str:
+        trained = tuple(entry.model.config.spacing)[-image_layer.ndim :]
+        spacing = spacing_of(image_layer)
+        if len(trained) == len(spacing) and np.allclose(trained, spacing, rtol=0.25):
+            return ""
+        shown = " × ".join(f"{s:.3g}" for s in spacing)
+        return f" (note: the image's voxel size {shown} mm differs from the model's)"
+
+    def stop_prediction(self) -> None:
+        """Stop after the current tile; the layer is then named ``"… (stopped)"``."""
+        if self._stop is not None:
+            self._stop.set()
+            self.stop_button.setEnabled(False)
+            self.status.info("stopping after the current tile…")
+
+    def _layer_alive(self) -> bool:
+        return self.result_layer is not None and self.result_layer in self.viewer.layers
+
+    def _on_tile(self, tile: Any) -> None:
+        self.progress.update(
+            tile.index / max(tile.total, 1),
+            f"tile {tile.index}/{tile.total} · {tile.elapsed:.0f} s"
+            + (f" — {tile.message}" if tile.message else ""),
+        )
+        if not self._layer_alive():
+            return
+        layer = self.result_layer
+        region, labels = tuple(tile.region), np.asarray(tile.labels)
+        if len(region) == layer.ndim + 1:  # 2D image: the core works on a 1-slice volume
+            region, labels = region[1:], labels[0]
+        layer.data[region] = labels
+        self.tiles_shown += 1
+        now = time.perf_counter()
+        if now - self._last_redraw >= REFRESH_INTERVAL_S or tile.index == tile.total:
+            layer.refresh()
+            self.redraws += 1
+            self._last_redraw = now
+
+    def _on_prediction(self, prediction: Any) -> None:
+        if not self._layer_alive():
+            self.status.info("prediction done, but its layer was deleted")
+            return
+        layer = self.result_layer
+        if prediction.complete:
+            layer.data = np.asarray(prediction.labels).astype(layer.data.dtype, copy=False)
+            layer.name = self._base_name
+            found = [int(v) for v in np.unique(prediction.labels) if v]
+            self.progress.finish(f"done · {len(found)} structure(s) found")
+            self.status.info(f"'{layer.name}' complete")
+            self.save_button.setEnabled(True)
+            if prediction.probabilities is not None:
+                self._show_probabilities(np.asarray(prediction.probabilities))
+        else:
+            layer.refresh()
+            layer.name = self._base_name + STOPPED_SUFFIX
+            self.progress.finish("stopped", complete=False)
+            self.status.info(
+                f"stopped: '{layer.name}' covers only the finished tiles; predict again for "
+                "a complete segmentation"
+            )
+
+    def _show_probabilities(self, probabilities: np.ndarray) -> None:
+        from napari.utils.colormaps import Colormap
+
+        self.probability_layers = []
+        image_layer = self._image_layer
+        for k in range(1, probabilities.shape[0]):
+            name = self._class_names[k - 1] if k - 1 < len(self._class_names) else f"{k}"
+            layer_name = f"{image_layer.name} p({name})"
+            data = probabilities[k]
+            if data.ndim == image_layer.ndim + 1:
+                data = data[0]
+            if layer_name in self.viewer.layers and isinstance(
+                self.viewer.layers[layer_name], Image
+            ):
+                layer = self.viewer.layers[layer_name]
+                layer.data = data
+            else:
+                color = structure_color(k)
+                cmap = Colormap([[0, 0, 0, 0], list(color)], name=f"medseg p{k}")
+                layer = self.viewer.add_image(
+                    data,
+                    name=layer_name,
+                    colormap=cmap,
+                    contrast_limits=(0.0, 1.0),
+                    blending="additive",
+                    visible=False,
+                    **geometry_kwargs(image_layer),
+                )
+            self.probability_layers.append(layer)
+
+    def _on_error(self, exc: BaseException) -> None:
+        if self._layer_alive():
+            self.viewer.layers.remove(self.result_layer)
+        self.result_layer = None
+        self.progress.finish("failed", complete=False)
+        report_error(exc, self.status, prefix="prediction failed: ")
+
+    def _on_aborted(self) -> None:
+        if self._layer_alive():
+            self.result_layer.name = self._base_name + STOPPED_SUFFIX
+        self.progress.finish("cancelled", complete=False)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._stop = None
+        self._set_running(False)
+
+    # -- saving -----------------------------------------------------------------------------
+    def save_segmentation_dialog(self) -> None:
+        """Ask for a file name and save the segmentation there."""
+        if not self._layer_alive():
+            report_error(MedsegInputError("predict a segmentation first"), self.status)
+            return
+        default = f"{self._base_name.replace(' ', '_')}.nii.gz"
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save segmentation", default, SEGMENTATION_FILE_FILTER
+        )
+        if path:
+            self.save_segmentation(path)
+
+    def save_segmentation(self, path: str | Path) -> Any:
+        """Write the segmentation layer to ``path`` with the plugin's labels writer.
+
+        The writer gets the layer's metadata, copied from the image layer, so the file keeps
+        the image's geometry (spacing, origin, direction).
+        """
+        if not self._layer_alive():
+            report_error(MedsegInputError("predict a segmentation first"), self.status)
+            return None
+        from .._napari.writer import write_labels
+
+        data, meta, _ = self.result_layer.as_layer_data_tuple()
+        data = np.array(data, copy=True)
+        target = str(path)
+        self.status.info(f"saving {Path(target).name}…")
+
+        def saved(paths: Any) -> None:
+            written = ", ".join(str(p) for p in (paths or [target]))
+            self.status.info(f"segmentation saved to {written}")
+
+        def failed(exc: BaseException) -> None:
+            report_error(exc, self.status, prefix="could not save the segmentation: ")
+
+        return run_function(
+            lambda: write_labels(target, data, meta),
+            name="MedSeg save segmentation",
+            on_return=saved,
+            on_error=failed,
+        )
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
+        """Stop a running prediction when the widget is closed."""
+        self.stop_prediction()
+        super().closeEvent(event)

@@ -1,0 +1,270 @@
+"""Step 2 · Train: train a network on the image and its sparse annotation.
+
+The annotation is copied on the GUI thread when Train is pressed, so painting can go on
+while the network trains; the training generator runs in a ``thread_worker``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.viewer import Viewer
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QVBoxLayout, QWidget
+
+from ..annotation import validate_annotation
+from ..errors import MedsegInputError
+from ._common import ProgressRow, StatusLabel, button, form_layout, section_title, separator
+from ._forms import ConfigForm
+from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
+from ._state import MODELS, ModelRegistry
+from ._worker import report_error, run_function, run_generator
+
+BASIC_FIELDS = ("arch", "time_budget", "iterations", "device", "seed")
+MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
+
+
+def describe_progress(progress: Any) -> str:
+    """``"step 12/100 · loss 0.431 · 7 s"`` from a :class:`TrainProgress`."""
+    total = f"/{progress.total_steps}" if progress.total_steps else ""
+    text = f"step {progress.step}{total} · loss {progress.loss:.3f} · {progress.elapsed:.0f} s"
+    if progress.message:
+        text += f" — {progress.message}"
+    return text
+
+
+class TrainWidget(QWidget):
+    """Train a segmentation network from the painted slices.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    registry : ModelRegistry, optional
+        Where trained models go (default: the session-wide :data:`~._state.MODELS`).
+    """
+
+    def __init__(self, napari_viewer: Viewer, registry: ModelRegistry | None = None) -> None:
+        super().__init__()
+        from ..training import TrainConfig
+
+        self.viewer = napari_viewer
+        self.registry = registry if registry is not None else MODELS
+        self.worker: Any = None
+        self.model: Any = None
+        self.model_name: str | None = None
+        self._stop: threading.Event | None = None
+        self._last_progress: Any = None
+
+        self.image_picker = image_picker(napari_viewer)
+        self.annotation_picker = labels_picker(
+            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
+        )
+        self.form = ConfigForm(
+            TrainConfig,
+            BASIC_FIELDS,
+            units={"time_budget": "s"},
+            none_text={
+                "time_budget": "no time limit",
+                "iterations": "no step limit",
+                "patch_shape": "chosen from the image size and spacing",
+                "base_channels": "8 on a CPU, 16 on a GPU",
+                "threads": "torch's default",
+            },
+            suggest={"iterations": 200, "patch_shape": (32, 64, 64), "base_channels": 16,
+                     "threads": 2},
+            limits={"iterations": (1, 10**7), "base_channels": (1, 256), "batch_size": (1, 256),
+                    "threads": (1, 256), "patch_shape": (1, 4096), "time_budget": (1, 10**6)},
+        )
+        self.train_button = button("Train", "Train a new model on the image and annotation")
+        self.stop_button = button("Stop", "End training after the current step; keep the model")
+        self.stop_button.setEnabled(False)
+        self.progress = ProgressRow()
+        self.status = StatusLabel()
+        self.save_button = button("Save model…", "Write the last trained model to a file")
+        self.save_button.setEnabled(False)
+
+        layout = QVBoxLayout(self)
+        form = form_layout()
+        form.addRow("Image", self.image_picker)
+        form.addRow("Annotation", self.annotation_picker)
+        layout.addLayout(form)
+        layout.addWidget(separator())
+        layout.addWidget(section_title("Settings"))
+        layout.addWidget(self.form)
+        row = QHBoxLayout()
+        row.addWidget(self.train_button, 2)
+        row.addWidget(self.stop_button, 1)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.save_button)
+        layout.addStretch(1)
+
+        self.train_button.clicked.connect(self.start_training)
+        self.stop_button.clicked.connect(self.stop_training)
+        self.save_button.clicked.connect(self.save_model_dialog)
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        """True while a training run is in progress."""
+        return self.worker is not None
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.form.setEnabled(not running)
+        self.image_picker.setEnabled(not running)
+        self.annotation_picker.setEnabled(not running)
+
+    # -- training ---------------------------------------------------------------------------
+    def _inputs(self) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, ...], list[str] | None]:
+        image_layer = self.image_picker.layer()
+        annotation_layer = self.annotation_picker.layer()
+        if image_layer is None:
+            raise MedsegInputError("choose an image layer")
+        if annotation_layer is None:
+            raise MedsegInputError("choose an annotation layer (step 1 · Annotate creates one)")
+        image = layer_array(image_layer)
+        annotation = np.array(layer_array(annotation_layer), copy=True)  # snapshot
+        names = class_names_of(annotation_layer)
+        n_classes = len(names) + 1 if names else None
+        validate_annotation(annotation, image.shape, n_classes)
+        config = self.form.config()
+        config.check()
+        spacing = spacing_of(image_layer)
+        if not np.allclose(spacing_of(annotation_layer), spacing, rtol=1e-3):
+            raise MedsegInputError(
+                f"'{annotation_layer.name}' and '{image_layer.name}' have different voxel "
+                "sizes (layer scale)"
+            )
+        return image, annotation, config, spacing, names
+
+    def start_training(self) -> bool:
+        """Check the inputs and start training in a worker thread.
+
+        Returns
+        -------
+        bool
+            True when training started; False when refused (the reason is shown).
+        """
+        if self.is_running:
+            return False
+        from ..training import train
+
+        try:
+            image, annotation, config, spacing, names = self._inputs()
+        except (MedsegInputError, TypeError, ValueError) as exc:
+            report_error(exc, self.status)
+            return False
+        stop = threading.Event()
+        self._stop = stop
+        self._last_progress = None
+        self._image_name = self.image_picker.layer().name
+        self._arch = config.arch
+        self._set_running(True)
+        self.status.info("training…")
+        self.progress.start("preparing…")
+        self.worker = run_generator(
+            lambda: train(image, annotation, config, spacing=spacing, class_names=names, stop=stop),
+            name="MedSeg training",
+            on_yield=self._on_progress,
+            on_return=self._on_model,
+            on_error=self._on_error,
+            on_finish=self._on_finished,
+            on_abort=self._on_aborted,
+        )
+        return True
+
+    def stop_training(self) -> None:
+        """Ask training to end after the current step (the model so far is kept)."""
+        if self._stop is not None:
+            self._stop.set()
+            self.stop_button.setEnabled(False)
+            self.status.info("stopping after the current step…")
+
+    def _on_progress(self, progress: Any) -> None:
+        self._last_progress = progress
+        self.progress.update(progress.fraction, describe_progress(progress))
+
+    def _on_model(self, model: Any) -> None:
+        self.model = model
+        stamp = time.strftime("%H:%M:%S")
+        entry = self.registry.add(f"{self._arch} · {self._image_name} · {stamp}", model)
+        self.model_name = entry.name
+        history = getattr(model.config, "history", {}) or {}
+        steps = history.get("steps", "?")
+        loss = history.get("final_loss")
+        reason = history.get("stop_reason", "finished")
+        loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
+        how = "stopped" if reason == "stopped" else reason
+        self.progress.finish(f"{how} after {steps} steps{loss_text}", complete=reason != "stopped")
+        self.status.info(f"model '{entry.name}' ready — use it in 3 · Predict")
+        self.save_button.setEnabled(True)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.progress.finish("failed", complete=False)
+        report_error(exc, self.status, prefix="training failed: ")
+
+    def _on_aborted(self) -> None:
+        self.progress.finish("cancelled", complete=False)
+        self.status.info("training cancelled")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._stop = None
+        self._set_running(False)
+
+    # -- saving -----------------------------------------------------------------------------
+    def save_model_dialog(self) -> None:
+        """Ask for a file name and save the last trained model there."""
+        if self.model is None:
+            report_error(MedsegInputError("train a model first"), self.status)
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save model", "model.safetensors", MODEL_FILE_FILTER
+        )
+        if path:
+            self.save_model(path)
+
+    def save_model(self, path: str | Path) -> Any:
+        """Save the last trained model to ``path`` (in a worker thread).
+
+        Returns
+        -------
+        FunctionWorker or None
+            The worker writing the file.
+        """
+        if self.model is None:
+            report_error(MedsegInputError("train a model first"), self.status)
+            return None
+        from ..checkpoint import save_model
+
+        model, target = self.model, Path(path)
+        if not target.suffix:
+            target = target.with_suffix(".safetensors")
+        self.save_button.setEnabled(False)
+        self.status.info(f"saving {target.name}…")
+
+        def saved(result: Any) -> None:
+            self.status.info(f"model saved to {result or target}")
+
+        def failed(exc: BaseException) -> None:
+            report_error(exc, self.status, prefix="could not save the model: ")
+
+        return run_function(
+            lambda: save_model(target, model),
+            name="MedSeg save model",
+            on_return=saved,
+            on_error=failed,
+            on_finish=lambda: self.save_button.setEnabled(self.model is not None),
+        )
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt override)
+        """Stop a running training when the widget is closed."""
+        self.stop_training()
+        super().closeEvent(event)

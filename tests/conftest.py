@@ -1,0 +1,58 @@
+"""Shared fixtures. GUI tests (``@pytest.mark.gui``) are skipped when no display exists.
+
+Run them under an X server: ``xvfb-run -a pytest tests/test_gui_*.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+
+def _has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip GUI tests without a display (creating a QApplication would abort the process)."""
+    if _has_display():
+        return
+    skip = pytest.mark.skip(reason="no display: run GUI tests under xvfb-run")
+    for item in items:
+        if "gui" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def models():
+    """The session-wide model registry, emptied before and after the test."""
+    from napari_medseg._qt._state import MODELS
+
+    MODELS.clear()
+    yield MODELS
+    MODELS.clear()
+
+
+@pytest.fixture
+def synthetic_viewer(make_napari_viewer, models):
+    """A napari viewer holding a tiny anisotropic synthetic case.
+
+    Layers: ``"synthetic"`` (image, 16 × 32 × 32, spacing 2 × 1 × 1 mm),
+    ``"synthetic expert mask"`` and ``"synthetic annotation"`` (a few painted slices).
+    """
+    from napari_medseg._napari.sample import layer_tuples
+    from napari_medseg.synthetic import make_synthetic_case
+    from napari_medseg.volume import Volume
+
+    case = make_synthetic_case(shape=(16, 32, 32), spacing=(2.0, 1.0, 1.0), seed=0)
+    image = Volume(case.image, case.spacing)
+    viewer = make_napari_viewer()
+    for data, kwargs, layer_type in layer_tuples(
+        "synthetic", image, case.expert_mask, list(case.class_names), case.annotation
+    ):
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    return viewer
