@@ -4,7 +4,9 @@ A reader of the target path sees either the previous complete file or the new co
 file, never a half-written one, even if the process is killed (``kill -9``) or the disk
 fills up in the middle of the write. On any failure the temporary file is removed and the
 previous file is left untouched. A process killed mid-write can leave a hidden
-``.medseg-tmp-*`` entry next to the target; it is never mistaken for the target.
+``.medseg-tmp-*`` entry next to the target; it is never mistaken for the target, and the
+next write into that folder removes such entries once they are older than
+:data:`STALE_TEMP_SECONDS`.
 
 Two entry points:
 
@@ -20,16 +22,19 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import MedsegError
+from .errors import MedsegError, MedsegInputError
 
-__all__ = ["atomic_write", "atomic_write_via", "TEMP_PREFIX"]
+__all__ = ["atomic_write", "atomic_write_via", "STALE_TEMP_SECONDS", "TEMP_PREFIX"]
 
 #: Prefix of the temporary files and folders created next to the target.
 TEMP_PREFIX = ".medseg-tmp-"
+#: Temporary entries untouched for longer than this were left by a killed process.
+STALE_TEMP_SECONDS = 3600.0
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DISK_FULL_TEXT = ("no space left on device", "disk full", "not enough space", "quota exceeded")
@@ -58,6 +63,8 @@ def atomic_write(
 
     Raises
     ------
+    MedsegInputError
+        When the folder of ``path`` does not exist.
     MedsegError
         When the disk is full (the previous file is left intact).
     """
@@ -104,6 +111,8 @@ def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]
 
     Raises
     ------
+    MedsegInputError
+        When the folder of ``path`` does not exist.
     MedsegError
         When the disk is full (the previous file is left intact).
     """
@@ -129,10 +138,45 @@ def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]
 
 
 def _folder_of(target: Path) -> Path:
+    """The target's folder (a user mistake when missing); stale temporaries there are swept."""
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise MedsegError(f"could not save {target}: folder {folder} does not exist")
+        raise MedsegInputError(f"could not save {target}: folder {folder} does not exist")
+    _sweep_stale(folder)
     return folder
+
+
+def _sweep_stale(folder: Path) -> None:
+    """Remove ``TEMP_PREFIX`` files and folders untouched for ``STALE_TEMP_SECONDS``.
+
+    Only entries whose name starts with the prefix are examined (never followed through
+    links); anything that cannot be removed (another user's, in use) is left alone.
+    """
+    limit = time.time() - STALE_TEMP_SECONDS
+    try:
+        with os.scandir(folder) as entries:
+            candidates = [e for e in entries if e.name.startswith(TEMP_PREFIX)]
+    except OSError:
+        return
+    for entry in candidates:
+        with contextlib.suppress(OSError):
+            if entry.is_symlink():
+                continue
+            if entry.is_file(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and _last_touched(entry.path) < limit:
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _last_touched(folder: str) -> float:
+    """Newest modification time of a staging folder and of the files in it."""
+    newest = os.stat(folder, follow_symlinks=False).st_mtime
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
 
 
 def _staged_files(staging: Path, name: str) -> list[Path]:

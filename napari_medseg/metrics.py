@@ -537,6 +537,34 @@ def _fmt_mm(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _check_label_map(array: np.ndarray, what: str) -> None:
+    """Refuse anything but whole non-negative numbers (an image given instead of a mask)."""
+    kind = array.dtype.kind
+    if kind == "b" or array.size == 0:
+        return
+    if kind not in "iuf":
+        raise MedsegInputError(f"the {what} is not a label map: voxel type {array.dtype}")
+    if kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise MedsegInputError(
+                f"the {what} is not a label map: it holds NaN or infinite values"
+            )
+        fractional = array != np.floor(array)
+        if fractional.any():
+            value = array[fractional].flat[0]
+            raise MedsegInputError(
+                f"the {what} is not a label map: value {value:g} is not a whole number "
+                "(an intensity image given instead of a mask?)"
+            )
+    low = array.min()
+    if low < 0:
+        raise MedsegInputError(
+            f"the {what} is not a label map: it holds negative values (e.g. {low:g}); "
+            "labels are 0 (background) and 1, 2 ... (structures)"
+        )
+
+
 def _default_labels(segmentation: np.ndarray, reference: np.ndarray) -> list[int]:
     values = np.union1d(np.unique(segmentation), np.unique(reference))
     return [int(v) for v in values if v != 0]
@@ -615,10 +643,13 @@ def evaluate(
     Raises
     ------
     MedsegInputError
-        When the shapes differ or the spacing does not fit.
+        When the shapes differ, the spacing does not fit, or a map is not a label map
+        (values that are not whole non-negative numbers, e.g. an intensity image).
     """
     seg = np.asarray(segmentation)
     ref = np.asarray(reference)
+    _check_label_map(seg, "segmentation")
+    _check_label_map(ref, "reference")
     _check_same_shape(seg, ref, "segmentation and reference")
     if mask is not None:
         _check_same_shape(np.asarray(mask), ref, "scoring mask and reference")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Generator
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, TextIO, TypeVar
 
 R = TypeVar("R")

@@ -27,6 +27,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _private_autosave_dir(request, tmp_path_factory, monkeypatch):
+    """GUI tests autosave into a temporary folder, never into the user's cache."""
+    if "gui" in request.keywords or request.node.module.__name__.startswith("test_gui"):
+        folder = tmp_path_factory.mktemp("autosave")
+        monkeypatch.setenv("MEDSEG_AUTOSAVE_DIR", str(folder))
+
+
 @pytest.fixture
 def models():
     """The session-wide model registry, emptied before and after the test."""

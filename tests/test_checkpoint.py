@@ -182,10 +182,17 @@ def test_config_with_other_base_channels_is_a_clear_error(saved):
 
 
 def test_config_with_other_class_count_is_a_clear_error(saved):
-    def more_classes(config):
+    def more_outputs(config):
         config["network"]["n_classes"] = 3
 
-    rewrite_config(saved, more_classes)
+    def more_classes(config):
+        more_outputs(config)
+        config["class_names"] = ["background", "a", "b"]
+
+    rewrite_config(saved, more_outputs)
+    with pytest.raises(MedsegInputError, match="names 2 classes but its network has 3 outputs"):
+        load_model(saved)
+    rewrite_config(saved, more_classes)  # consistent config, but not these weights
     with pytest.raises(MedsegInputError, match="weights do not match"):
         load_model(saved)
 
@@ -225,11 +232,6 @@ def test_config_that_is_not_json_is_refused(saved):
         load_model(saved)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="checkpoint does not check len(class_names) == network.n_classes: prediction then "
-    "fails with a numpy broadcasting ValueError (reported to the lead)",
-)
 def test_config_whose_classes_disagree_with_the_network_is_refused(saved):
     """Three class names but a two-class network would fail later, inside prediction."""
     rewrite_config(saved, lambda c: c.update(class_names=["background", "a", "b"]))
@@ -237,11 +239,6 @@ def test_config_whose_classes_disagree_with_the_network_is_refused(saved):
         load_model(saved)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="IntensityNormalization.from_dict accepts std <= 0 or NaN: prediction then divides "
-    "by zero and returns all background (reported to the lead)",
-)
 @pytest.mark.parametrize("std", [0.0, -1.0, float("nan")])
 def test_config_with_impossible_normalization_is_refused(saved, std):
     rewrite_config(saved, lambda c: c["normalization"].update(std=std))
@@ -395,11 +392,6 @@ def test_checkpoint_never_imports_pickle_loading():
     assert "weights_only" not in source
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training._default_class_names(2, None) gives ['structure 0', 'structure 1']: class 0 "
-    "(background) is saved under a structure's name (reported to the lead)",
-)
 def test_model_trained_without_class_names_calls_class_0_background(tmp_path):
     image, annotation = tiny_case()
     config = TrainConfig(iterations=1, time_budget=None, base_channels=4, device="cpu")

@@ -148,12 +148,6 @@ def test_probabilities_file_is_written(pipeline):
     np.testing.assert_array_equal(probabilities.argmax(axis=0), labels)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.write_probabilities passes reference=image for a 4D array, so write_volume "
-    "refuses it ('shape (16, 32, 32, 2) differs'): --probabilities only works with .npy "
-    "(reported to the lead)",
-)
 def test_probabilities_in_a_medical_format_keep_the_geometry(pipeline, capsys):
     out = pipeline["dir"] / "probabilities.nii.gz"
     code = main(["predict", str(pipeline["model"]), str(pipeline["image"]), "--out",
@@ -339,12 +333,6 @@ def test_argument_mistakes_exit_with_2(capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--class-names is not passed on as the declared number of classes (cli -> api -> "
-    "training.train -> validate_annotation(n_classes=None)); a stray value trains an extra "
-    "class (reported to the lead)",
-)
 def test_label_values_outside_the_class_names(case, capsys, tmp_path):
     annotation = read_volume(case["annotation"])
     stray = annotation.array.copy()
@@ -365,20 +353,10 @@ def test_label_values_that_are_not_labels(case, capsys, tmp_path):
             "negative values")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_atomic._folder_of raises MedsegError (exit 1) for a missing output folder, a user "
-    "mistake that should be a MedsegInputError (exit 2) (reported to the lead)",
-)
 def test_output_into_a_missing_folder(pipeline, capsys, tmp_path):
     refused(capsys, ["predict", str(pipeline["model"]), str(pipeline["image"]), "--out",
                      str(tmp_path / "no" / "seg.nii.gz")], "does not exist")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.evaluate scores any array as labels: an intensity image given as expert "
-    "mask yields classes -3..3 instead of a refusal (reported to the lead)",
-)
 def test_intensity_image_given_as_expert_mask(case, capsys):
     refused(capsys, ["evaluate", str(case["expert"]), str(case["image"])], "label")

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 import tifffile
 
 import napari_medseg.io as mio
-from napari_medseg._atomic import TEMP_PREFIX, atomic_write, atomic_write_via
+from napari_medseg._atomic import STALE_TEMP_SECONDS, TEMP_PREFIX, atomic_write, atomic_write_via
 from napari_medseg.errors import MedsegError, MedsegInputError, UnsafeFileError
 from napari_medseg.io import read_volume, write_volume
 
@@ -294,6 +294,90 @@ def test_non_finite_voxels_are_kept(tmp_path):
     assert np.isnan(back.array[0, 0, 0]) and mio.check_image(back)
 
 
+def nifti_file(array: np.ndarray, endian: str = "<", slope: float = 0.0, inter: float = 0.0):
+    """A NIfTI-1 single file holding ``array`` (float32/float64, array order z, y, x)."""
+    datatype = {4: 16, 8: 64}[array.dtype.itemsize]
+    header = bytearray(348)
+    struct.pack_into(endian + "i", header, 0, 348)
+    struct.pack_into(endian + "8h", header, 40, array.ndim, *array.shape[::-1],
+                     *(1,) * (7 - array.ndim))  # fmt: skip
+    struct.pack_into(endian + "hh", header, 70, datatype, 8 * array.dtype.itemsize)
+    struct.pack_into(endian + "8f", header, 76, *(1.0,) * 8)
+    struct.pack_into(endian + "3f", header, 108, 352.0, slope, inter)
+    header[344:348] = b"n+1\x00"
+    data = array.astype(array.dtype.newbyteorder(endian)).tobytes()
+    return bytes(header) + b"\x00" * 4 + data
+
+
+def non_finite_image(dtype=np.float32, shape=(3, 4, 5)) -> np.ndarray:
+    image = np.random.default_rng(0).normal(size=shape).astype(dtype)
+    image[0, 0, :3] = (np.nan, np.inf, -np.inf)
+    image[-1, -1, -1] = np.nan  # the very last value of the payload
+    image[1] = 0.0  # real zeros stay zeros
+    return image
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nifti_non_finite_voxels_are_restored(tmp_path, ext, dtype):
+    """SimpleITK 2.5 reads NIfTI NaN/inf as 0; read_volume puts them back."""
+    image = non_finite_image(dtype)
+    back = read_volume(write_volume(tmp_path / f"nan{ext}", image))
+    assert back.array.dtype == dtype
+    np.testing.assert_array_equal(back.array, image)
+    series = np.stack([image, 2 * image])  # 4D: the payload order is still the array order
+    back = read_volume(write_volume(tmp_path / f"t{ext}", series), allow_channels=True)
+    np.testing.assert_array_equal(back.array, series)
+
+
+def test_nifti_non_finite_voxels_restored_in_vector_images(tmp_path):
+    vectors = np.moveaxis(np.stack([non_finite_image(), np.ones((3, 4, 5), np.float32)]), 0, -1)
+    vectors[2, 1, 0, 1] = np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(vectors, isVector=True), str(tmp_path / "v.nii.gz"))
+    back = read_volume(tmp_path / "v.nii.gz", allow_channels=True)
+    np.testing.assert_array_equal(back.array, np.moveaxis(vectors, -1, 0))
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_nifti_non_finite_voxels_restored_with_rescaling_and_either_byte_order(tmp_path, endian):
+    image = non_finite_image()
+    (tmp_path / "s.nii").write_bytes(nifti_file(image, endian, slope=-2.0, inter=5.0))
+    back = read_volume(tmp_path / "s.nii").array
+    np.testing.assert_allclose(back, -2.0 * image.astype(np.float64) + 5.0, rtol=1e-6)
+    assert np.isnan(back[0, 0, 0]) and back[0, 0, 1] == -np.inf and back[0, 0, 2] == np.inf
+
+
+def test_nifti_non_finite_voxels_that_cannot_be_placed_are_reported(tmp_path):
+    path = write_volume(tmp_path / "nan.nii.gz", non_finite_image())
+    with pytest.warns(UserWarning, match="4 non-finite voxels .* were read as 0"):
+        mio._restore_nifti_non_finite(path, np.zeros(7, np.float32))  # not the file's layout
+
+
+def test_nifti_scan_for_non_finite_voxels_is_skipped_without_zeros(tmp_path, monkeypatch):
+    path = write_volume(tmp_path / "pos.nii.gz", np.full((3, 4, 5), 2.5, np.float32))
+    monkeypatch.setattr(mio, "_payload_bytes", lambda *a: pytest.fail("payload re-read"))
+    assert read_volume(path).array.min() == 2.5
+
+
+def test_nii_gz_is_read_from_itself_when_a_nii_of_the_same_name_lies_next_to_it(tmp_path):
+    """ITK's NIfTI library takes the voxels of x.nii.gz from x.nii when both exist."""
+    write_volume(tmp_path / "scan.nii", np.full((2, 3, 4), 7, np.int16))
+    wanted = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    write_volume(tmp_path / "scan.nii.gz", wanted)
+    np.testing.assert_array_equal(read_volume(tmp_path / "scan.nii.gz").array, wanted)
+    assert read_volume(tmp_path / "scan.nii").array.max() == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii", "scan.nii.gz"]
+
+
+def test_2d_rgb_image_refused_unless_channels_allowed(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 6, 3)).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb.png.mha"))
+    with pytest.raises(MedsegInputError, match="RGB or vector components"):
+        read_volume(tmp_path / "rgb.png.mha")
+    volume = read_volume(tmp_path / "rgb.png.mha", allow_channels=True)
+    np.testing.assert_array_equal(volume.array, np.moveaxis(rgb, -1, 0))
+
+
 # ---- atomic writes -------------------------------------------------------------------
 
 
@@ -309,6 +393,43 @@ def test_atomic_write_failure_keeps_previous_file(tmp_path):
     with atomic_write(target, "w") as handle:
         handle.write("new")
     assert target.read_text() == "new" and leftovers(tmp_path) == []
+
+
+def test_missing_output_folder_is_an_input_error(tmp_path):
+    with pytest.raises(MedsegInputError, match="folder .* does not exist"):
+        with atomic_write(tmp_path / "no" / "data.bin") as handle:
+            handle.write(b"x")
+    with pytest.raises(MedsegInputError, match="does not exist"):
+        write_volume(tmp_path / "no" / "seg.nii.gz", np.ones((2, 3, 4), np.uint8))
+
+
+@pytest.mark.parametrize("via", [False, True])
+def test_stale_temporaries_of_killed_writers_are_swept(tmp_path, via):
+    old = time.time() - 2 * STALE_TEMP_SECONDS
+    stale_file = tmp_path / f"{TEMP_PREFIX}dead.part"
+    stale_file.write_bytes(b"half")
+    stale_folder = tmp_path / f"{TEMP_PREFIX}deadfolder"
+    stale_folder.mkdir()
+    (stale_folder / "scan.nii.gz").write_bytes(b"half")
+    busy_folder = tmp_path / f"{TEMP_PREFIX}busy"  # old folder, but a file in it is fresh
+    busy_folder.mkdir()
+    (busy_folder / "big.nii.gz").write_bytes(b"growing")
+    fresh = tmp_path / f"{TEMP_PREFIX}alive.part"
+    fresh.write_bytes(b"half")
+    user = tmp_path / "old_user_file.nii.gz"
+    user.write_bytes(b"mine")
+    link = tmp_path / f"{TEMP_PREFIX}link"
+    link.symlink_to(user)
+    for item in (stale_file, stale_folder / "scan.nii.gz", stale_folder, busy_folder, user):
+        os.utime(item, (old, old))
+    os.utime(link, (old, old), follow_symlinks=False)
+    if via:
+        atomic_write_via(tmp_path / "out.bin", lambda tmp: tmp.write_bytes(b"new"))
+    else:
+        with atomic_write(tmp_path / "out.bin") as handle:
+            handle.write(b"new")
+    assert leftovers(tmp_path) == sorted([busy_folder.name, fresh.name, link.name])
+    assert user.read_bytes() == b"mine" and (tmp_path / "out.bin").read_bytes() == b"new"
 
 
 def test_atomic_write_keeps_file_permissions(tmp_path):

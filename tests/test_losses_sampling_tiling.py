@@ -75,7 +75,9 @@ def test_sampler_pads_volumes_smaller_than_a_patch():
     assert (tgt == -1).sum() == 4 * 8 * 8 - 3 * 5 * 5
 
 
-@pytest.mark.parametrize("size,tile,overlap", [(10, 4, 0.5), (7, 7, 0.5), (5, 8, 0.25), (33, 16, 0.0)])
+@pytest.mark.parametrize(
+    "size,tile,overlap", [(10, 4, 0.5), (7, 7, 0.5), (5, 8, 0.25), (33, 16, 0.0)]
+)
 def test_tiles_cover_every_voxel(size, tile, overlap):
     starts = tile_starts(size, tile, overlap)
     covered = np.zeros(size, bool)

@@ -298,6 +298,35 @@ def test_evaluate_shape_mismatch_and_bad_spacing():
         dice(np.ones((2, 3)), np.ones((3, 2)))
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lambda a: a + 0.25, "value 0.25 is not a whole number"),
+        (lambda a: np.where(a > 0, a, np.nan), "it holds NaN or infinite"),
+        (lambda a: a - 3.0, "it holds negative values \\(e.g. -3\\)"),
+        (lambda a: a.astype(np.int16) - 1, "it holds negative values"),
+        (lambda a: a.astype(np.complex64), "voxel type complex64"),
+    ],
+)
+@pytest.mark.parametrize("which", ["segmentation", "reference"])
+def test_evaluate_refuses_maps_that_are_not_label_maps(bad, message, which):
+    """An intensity image given instead of a mask is refused, not scored class by class."""
+    labels = np.zeros((4, 5, 6), np.float32)
+    labels[1:3, 1:4, 1:5] = 1
+    arrays = {"segmentation": labels, "reference": labels}
+    arrays[which] = bad(labels)
+    with pytest.raises(MedsegInputError, match=f"the {which} is not a label map: {message}"):
+        evaluate(arrays["segmentation"], arrays["reference"])
+
+
+def test_evaluate_accepts_boolean_and_whole_float_label_maps():
+    labels = np.zeros((4, 5, 6), np.float64)
+    labels[1:3, 1:4, 1:5] = 2.0
+    result = evaluate(labels, labels.astype(np.uint16))
+    assert list(result.classes) == [2] and result.classes[2].dice == 1.0
+    assert evaluate(labels > 0, labels > 0).classes[1].dice == 1.0
+
+
 def test_tables():
     seg, ref = _two_label_case()
     result = evaluate(seg, ref, class_names=["tumour", "oedema"])

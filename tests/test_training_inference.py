@@ -26,7 +26,9 @@ def _cube_case(shape=(16, 24, 24)):
 
 def test_training_yields_progress_and_returns_a_model():
     image, annotation, _ = _cube_case()
-    gen = train(image, annotation, TrainConfig(iterations=3, time_budget=None, base_channels=4, seed=0))
+    gen = train(
+        image, annotation, TrainConfig(iterations=3, time_budget=None, base_channels=4, seed=0)
+    )
     items = []
     while True:
         try:
@@ -94,7 +96,11 @@ def test_nan_loss_stops_and_keeps_last_good_weights(monkeypatch):
     model = run_to_completion(gen, items.append)
     assert "NaN" in items[-1].message
     assert model.config.history["stop_reason"] == "diverged"
-    assert all(torch.isfinite(t).all() for t in model.network.state_dict().values() if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all()
+        for t in model.network.state_dict().values()
+        if t.is_floating_point()
+    )
 
 
 def test_training_refuses_bad_input_before_starting():
@@ -115,7 +121,9 @@ def test_tiled_prediction_matches_whole_volume_and_yields_each_tile(tmp_path):
         train(image, annotation, TrainConfig(iterations=3, time_budget=None, base_channels=4))
     )
     tiles = []
-    gen = predict(model, image, PredictConfig(tile_shape=(8, 16, 16), overlap=0.5, probabilities=True))
+    gen = predict(
+        model, image, PredictConfig(tile_shape=(8, 16, 16), overlap=0.5, probabilities=True)
+    )
     result = run_to_completion(gen, tiles.append)
     assert len(tiles) == tiles[-1].total > 1
     for t in tiles:
@@ -162,7 +170,8 @@ def test_cuda_out_of_memory_retries_with_smaller_tiles(monkeypatch):
     monkeypatch.setattr(inference, "_forward", oom_for_big_tiles)
     messages = []
     result = run_to_completion(
-        predict(model, image, PredictConfig(tile_shape=(16, 24, 24))), lambda t: messages.append(t.message)
+        predict(model, image, PredictConfig(tile_shape=(16, 24, 24))),
+        lambda t: messages.append(t.message),
     )
     assert result.complete and result.labels.shape == image.shape
     assert any("out of memory" in m for m in messages)
