@@ -32,20 +32,27 @@ def _bar_callback(label: str, describe):
     return bar, update
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .api import train_files
+def _train_config(args: argparse.Namespace):
+    """TrainConfig from the shared training options (60 s unless a budget or count is given)."""
     from .training import TrainConfig
 
     budget = args.time_budget
     if budget is None and args.iterations is None:
         budget = 60.0
-    config = TrainConfig(
+    return TrainConfig(
         arch=args.arch,
         time_budget=budget,
         iterations=args.iterations,
         device=args.device,
         seed=args.seed,
+        base_channels=getattr(args, "base_channels", None),
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import train_files
+
+    config = _train_config(args)
     class_names = args.class_names.split(",") if args.class_names else None
     bar, update = _bar_callback("train", _train_detail)
     try:
@@ -131,22 +138,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     from .crossval import CrossValConfig, crossval
     from .io import read_volume
     from .progress import drive
-    from .training import TrainConfig
 
-    budget = args.time_budget
-    if budget is None and args.iterations is None:
-        budget = 60.0
-    config = CrossValConfig(
-        folds=args.folds,
-        train=TrainConfig(
-            arch=args.arch,
-            time_budget=budget,
-            iterations=args.iterations,
-            device=args.device,
-            seed=args.seed,
-            base_channels=args.base_channels,
-        ),
-    )
+    config = CrossValConfig(folds=args.folds, train=_train_config(args))
     config.check()
     image = read_volume(args.image)
     annotation = read_volume(args.annotation)
@@ -289,9 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base-channels",
         type=int,
-        default=16,
+        default=None,
         metavar="N",
-        help="width of the network's first level (default 16)",
+        help="width of the network's first level (default: 8 on a CPU, 16 on a GPU)",
     )
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
     p.add_argument("--json", action="store_true", help="print one JSON object")
