@@ -217,3 +217,84 @@ class _FakeModel:
         spacing = (2.0, 1.0, 1.0)
         arch = "unet3d"
         history: dict = {}
+
+
+def test_painting_while_training_keeps_the_stroke(synthetic_viewer, widgets, qtbot, models):
+    train = widgets[1]
+    layer = synthetic_viewer.layers["synthetic annotation"]
+    assert train.annotation_picker.layer() is layer
+    snapshot = np.array(layer.data, copy=True)
+    expected_counts = [int(np.count_nonzero(snapshot == c + 1)) for c in range(2)]
+    z = int(np.argmin((snapshot > 0).sum(axis=(1, 2))))  # a slice not painted in-plane
+    free = np.argwhere(snapshot[z, 1:-1, 1:-1] == 0) + 1  # room for a dab in this slice
+    dab_y, dab_x = (int(v) for v in free[len(free) // 2])
+    train.form.set_values(**{**FAST, "iterations": None, "time_budget": 30.0})
+    assert train.start_training() is True
+    qtbot.waitUntil(lambda: train._last_progress is not None, timeout=WAIT_MS)
+
+    # the user goes on painting while the worker trains: a block set like a brush stroke,
+    # and a real brush dab through the layer's paint API
+    ys, xs = np.nonzero(snapshot[z] == 0)
+    stroke = (np.full(12, z), ys[:12], xs[:12])
+    layer.data_setitem(stroke, 2)
+    layer.brush_size = 1
+    layer.paint((z, dab_y, dab_x), 1)
+    assert train.is_running  # painted while training ran
+    assert not train.annotation_picker.isEnabled()
+    painted = np.array(layer.data, copy=True)
+    assert (painted[stroke] == 2).all() and painted[z, dab_y, dab_x] == 1
+    qtbot.wait(300)  # a few more training steps with the new strokes on screen
+    train.stop_button.click()
+    qtbot.waitUntil(lambda: not train.is_running, timeout=WAIT_MS)
+
+    assert not train.status.is_error, train.status.text()
+    np.testing.assert_array_equal(layer.data, painted)  # nothing was lost or overwritten
+    history = models.latest().model.config.history
+    assert history["stop_reason"] == "stopped"
+    # the model learnt from the annotation as it was when Train was pressed
+    assert history["class_voxel_counts"] == expected_counts
+    now = [int(np.count_nonzero(painted == c + 1)) for c in range(2)]
+    assert now != expected_counts
+
+
+def test_predict_keeps_painted_voxels(synthetic_viewer, widgets, qtbot, models):
+    viewer = synthetic_viewer
+    train, predict = widgets[1], widgets[2]
+    _train_model(train, qtbot, models, iterations=2)
+    annotation = viewer.layers["synthetic annotation"]
+    assert predict.keep_painted_check.isChecked()
+    assert predict.annotation_picker.layer() is annotation  # "<image> annotation"
+    viewer.add_labels(np.zeros((16, 32, 32), np.uint8), name="other annotation")
+    assert predict.annotation_picker.layer() is annotation  # the image's one stays chosen
+    # paint a structure block and a background block where the user knows better
+    annotation.data[8, 2:6, 2:6] = 2
+    annotation.data[9, 20:24, 20:24] = 1
+    painted = np.array(annotation.data) > 0
+
+    predict.form.set_values(device="cpu")
+    predict.keep_painted_check.setChecked(False)
+    assert not predict.annotation_picker.isEnabled()
+    assert predict.start_prediction() is True
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
+    plain = np.array(viewer.layers["synthetic segmentation"].data, copy=True)
+    assert predict.kept_voxels == 0
+
+    predict.keep_painted_check.setChecked(True)
+    assert predict.start_prediction() is True
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
+    assert not predict.status.is_error, predict.status.text()
+    kept = viewer.layers["synthetic segmentation"].data
+    expected = np.array(annotation.data, dtype=np.int16) - 1
+    np.testing.assert_array_equal(kept[painted], expected[painted])
+    np.testing.assert_array_equal(kept[~painted], plain[~painted])  # the rest: the network's
+    assert predict.kept_voxels == int(painted.sum())
+    assert "painted voxels kept" in predict.status.text()
+    assert kept[8, 3, 3] == 1 and kept[9, 21, 21] == 0
+
+    # a newer "<image> annotation [2]" (made by the Annotate widget) becomes the choice
+    newer = viewer.add_labels(np.zeros((16, 32, 32), np.uint8), name="synthetic annotation [2]")
+    assert predict.annotation_picker.layer() is newer
+    wrong = viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="wrong annotation")
+    predict.annotation_picker.set_layer(wrong)  # the user's choice, of another shape: refused
+    assert predict.start_prediction() is False
+    assert predict.status.is_error and "Keep my painted voxels" in predict.status.text()

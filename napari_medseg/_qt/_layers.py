@@ -155,6 +155,7 @@ class LayerPicker(QComboBox):
         self._layers: list[Layer] = []
         self._selected: Layer | None = None
         self._user_chosen = False
+        self._preferred_name: str | None = None
         self.setPlaceholderText(placeholder)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
@@ -182,9 +183,23 @@ class LayerPicker(QComboBox):
         self._selected = layer
         self._refresh()
 
+    @property
+    def user_chosen(self) -> bool:
+        """True when the user picked the layer (not the automatic choice)."""
+        return self._user_chosen and self.layer() is not None
+
     def layers(self) -> list[Layer]:
         """The layers listed."""
         return list(self._layers)
+
+    def prefer_name(self, name: str | None) -> None:
+        """Until the user picks a layer, choose the one called ``name`` when present.
+
+        ``name [2]``, ``name [3]`` ... (see :func:`unique_layer_name`) count too; the newest
+        of them is chosen. ``None`` goes back to the name fragments given at construction.
+        """
+        self._preferred_name = name
+        self._refresh()
 
     # -- internals ------------------------------------------------------------------------
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -206,6 +221,15 @@ class LayerPicker(QComboBox):
     def _auto_choice(self, layers: list[Layer]) -> Layer | None:
         if not layers:
             return None
+        name = self._preferred_name
+        if name is not None:
+            named = [
+                layer for layer in layers
+                if layer.name == name or (layer.name.startswith(f"{name} [")
+                                          and layer.name.endswith("]"))
+            ]
+            if named:
+                return named[-1]
         for layer in reversed(layers):
             if any(p in layer.name.lower() for p in self._prefer):
                 return layer

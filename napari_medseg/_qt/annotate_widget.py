@@ -6,12 +6,17 @@ Conventions (see :mod:`napari_medseg.annotation`): ``0`` not annotated, ``1`` ba
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
-from napari.layers import Labels, Layer, Shapes
+from napari.layers import Image, Labels, Layer, Shapes
 from napari.viewer import Viewer
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
+    QCheckBox,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -29,7 +34,15 @@ from ..annotation import (
     fill_slice_background,
     mark_outside_box_background,
 )
-from ..errors import MedsegInputError
+from ..autosave import AutosaveStore
+from ..errors import MedsegError, MedsegInputError
+from ._autosave import (
+    autosave_key,
+    describe_entry,
+    find_autosave,
+    image_source_path,
+    save_snapshot,
+)
 from ._colors import annotation_color_dict, parse_class_names
 from ._common import StatusLabel, button, form_layout, section_title, separator
 from ._layers import (
@@ -54,6 +67,14 @@ SLICE_LIST_DELAY_MS = 250
 MAX_LISTED_SLICES = 24
 #: Above this many voxels the slice list is computed in a worker thread.
 SYNC_SUMMARY_VOXELS = 8_000_000
+#: Autosave period (ms) while the annotation keeps changing.
+AUTOSAVE_INTERVAL_MS = 30_000
+#: Autosave this long (ms) after the last brush stroke.
+AUTOSAVE_AFTER_PAINT_MS = 3_000
+BANNER_STYLE = (
+    "QFrame#medseg_restore_banner { border: 1px solid #d9a400; border-radius: 4px; "
+    "background-color: rgba(217, 164, 0, 40); }"
+)
 
 
 def _swatch(rgba: tuple[float, ...], size: int = 14) -> QIcon:
@@ -172,6 +193,18 @@ class AnnotateWidget(QWidget):
         self._watched: Labels | None = None
         self._summary_worker: object = None
         self._summary_pending = False
+        # autosave / crash recovery
+        self.autosave_store = AutosaveStore()
+        self.autosave_worker: Any = None
+        self.autosave_path: Any = None
+        self._autosave_dirty = True
+        self._autosave_again = False
+        self._autosave_error_shown = False
+        self._offer: tuple[Image, str, Any] | None = None
+        self._check_generation = 0
+        self.check_worker: Any = None
+        self.restore_worker: Any = None
+        self._restoring = False
 
         self.image_picker = image_picker(napari_viewer)
         self.class_names_edit = QLineEdit("structure")
@@ -215,7 +248,33 @@ class AnnotateWidget(QWidget):
             "Voxels outside the rectangle (in-plane) and outside the slice range (across) that "
             "are not annotated become background",
         )
+        self.autosave_check = QCheckBox("Autosave")
+        self.autosave_check.setChecked(True)
+        self.autosave_check.setToolTip(
+            "Save a copy of the annotation every 30 s and after painting stops, to "
+            f"{self.autosave_store.root}, so that it can be restored after a crash"
+        )
+        self.autosave_label = QLabel("")
+        self.autosave_label.setWordWrap(True)
+        self.restore_banner = QFrame()
+        self.restore_banner.setObjectName("medseg_restore_banner")
+        self.restore_banner.setStyleSheet(BANNER_STYLE)
+        self.restore_label = QLabel("")
+        self.restore_label.setWordWrap(True)
+        self.restore_button = button(
+            "Restore autosaved annotation",
+            "Put the autosaved annotation back into the annotation layer (created if needed)",
+        )
+        self.discard_button = button("Discard", "Delete the autosave of this image")
+        self.restore_banner.setVisible(False)
         self.status = StatusLabel()
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setInterval(AUTOSAVE_INTERVAL_MS)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+        self._autosave_soon = QTimer(self)
+        self._autosave_soon.setSingleShot(True)
+        self._autosave_soon.setInterval(AUTOSAVE_AFTER_PAINT_MS)
+        self._autosave_soon.timeout.connect(self.autosave_now)
         self._slices_timer = QTimer(self)
         self._slices_timer.setSingleShot(True)
         self._slices_timer.setInterval(SLICE_LIST_DELAY_MS)
@@ -230,9 +289,16 @@ class AnnotateWidget(QWidget):
         self.from_here.clicked.connect(lambda: self._set_to_current(self.from_spin))
         self.to_here.clicked.connect(lambda: self._set_to_current(self.to_spin))
         self.roi_button.clicked.connect(self.mark_outside_box)
+        self.autosave_check.toggled.connect(self._on_autosave_toggled)
+        self.restore_button.clicked.connect(self.restore_autosave)
+        self.discard_button.clicked.connect(self.discard_autosave)
+        self.image_picker.layer_changed.connect(lambda _layer: self.check_autosave())
+        self.annotation_picker.layer_changed.connect(self._recheck_offer)
         napari_viewer.dims.events.order.connect(self._update_roi_axis)
         napari_viewer.dims.events.ndisplay.connect(self._update_roi_axis)
         self._watch(self.annotation_picker.layer())
+        self._autosave_timer.start()
+        self.check_autosave()
 
     # -- layout -----------------------------------------------------------------------------
     def _build_layout(self) -> None:
@@ -248,9 +314,21 @@ class AnnotateWidget(QWidget):
         form.addRow("Structures", self.class_names_edit)
         layout.addLayout(form)
         layout.addWidget(self.create_button)
+        banner = QVBoxLayout(self.restore_banner)
+        banner.setContentsMargins(6, 6, 6, 6)
+        banner.addWidget(self.restore_label)
+        banner_row = QHBoxLayout()
+        banner_row.addWidget(self.restore_button, 3)
+        banner_row.addWidget(self.discard_button, 1)
+        banner.addLayout(banner_row)
+        layout.addWidget(self.restore_banner)
         layout.addWidget(separator())
         form2 = form_layout()
         form2.addRow("Annotation", self.annotation_picker)
+        autosave_row = QHBoxLayout()
+        autosave_row.addWidget(self.autosave_check)
+        autosave_row.addWidget(self.autosave_label, 1)
+        form2.addRow("", autosave_row)
         layout.addLayout(form2)
         layout.addWidget(self.legend)
         layout.addWidget(self.fill_button)
@@ -325,6 +403,8 @@ class AnnotateWidget(QWidget):
             f"'{layer.name}' ready: painting label 2 ({names[0]}). Press 1 in the layer "
             "controls' label box (or click a legend entry) to paint background."
         )
+        if not self._restoring and (self._offer is None or self._offer[0] is not image):
+            self.check_autosave()  # an autosave of this image may be waiting
         return layer
 
     def _on_class_names_edited(self) -> None:
@@ -342,10 +422,17 @@ class AnnotateWidget(QWidget):
         if self._watched is not None:
             for emitter in self._watched_emitters(self._watched):
                 emitter.disconnect(self._schedule_slice_list)
+            self._watched.events.paint.disconnect(self._on_annotation_painted)
+            self._watched.events.data.disconnect(self._on_annotation_painted)
+            self._watched.events.set_data.disconnect(self._on_annotation_refreshed)
         self._watched = layer if isinstance(layer, Labels) else None
+        self._autosave_dirty = True
         if self._watched is not None:
             for emitter in self._watched_emitters(self._watched):
                 emitter.connect(self._schedule_slice_list)
+            self._watched.events.paint.connect(self._on_annotation_painted)
+            self._watched.events.data.connect(self._on_annotation_painted)
+            self._watched.events.set_data.connect(self._on_annotation_refreshed)
             names = class_names_of(self._watched)
             if names:
                 self.class_names_edit.setText(", ".join(names))
@@ -588,6 +675,283 @@ class AnnotateWidget(QWidget):
         undo = "" if changed <= UNDO_LIMIT else " (too large to undo)"
         self.status.info(f"{changed} voxels outside the box ({ranges}) marked as background{undo}")
         return changed
+
+    # -- autosave / crash recovery ----------------------------------------------------------
+    def _on_autosave_toggled(self, on: bool) -> None:
+        if on:
+            self._autosave_dirty = True
+            self._autosave_timer.start()
+            self.autosave_label.setText("")
+        else:
+            self._autosave_timer.stop()
+            self._autosave_soon.stop()
+            self.autosave_label.setText("off: a crash loses the painting since the last save")
+
+    def _on_annotation_painted(self, event: object = None) -> None:
+        """A brush stroke ended (or the data was replaced): autosave a little later."""
+        self._autosave_dirty = True
+        if self.autosave_check.isChecked():
+            self._autosave_soon.start()
+
+    def _on_annotation_refreshed(self, event: object = None) -> None:
+        # undo/redo (and slicing) only refresh the layer: leave it to the periodic save
+        self._autosave_dirty = True
+
+    def _image_for(self, annotation: Labels) -> Image | None:
+        """The image layer ``annotation`` was made for (same shape), or None."""
+        shape = layer_array(annotation).shape
+        name = annotation.metadata.get("medseg_image")
+        candidates = []
+        if name and name in self.viewer.layers:
+            candidates.append(self.viewer.layers[name])
+        candidates.append(self.image_picker.layer())
+        for image in candidates:
+            if isinstance(image, Image) and layer_array(image).shape == shape:
+                return image
+        return None
+
+    def autosave_now(self) -> Any:
+        """Autosave the annotation layer when it changed (the timers' slot).
+
+        The annotation is copied here, on the GUI thread, and written in a worker thread.
+        Nothing is written while a restore of the same image is still on offer (the
+        autosave of the earlier session is kept until the user restores or discards it).
+
+        Returns
+        -------
+        FunctionWorker or None
+            The worker writing the autosave, or None when nothing was to be saved.
+        """
+        if not self.autosave_check.isChecked():
+            return None
+        annotation = self.annotation_picker.layer()
+        if annotation is None:
+            return None
+        image = self._image_for(annotation)
+        if image is None or getattr(image, "rgb", False):
+            return None
+        if self._offer is not None and self._offer[0] is image:
+            self.autosave_label.setText("paused until the autosave above is restored or discarded")
+            return None
+        if self.autosave_worker is not None:
+            self._autosave_again = True
+            return None
+        if not self._autosave_dirty:
+            return None
+        snapshot = np.array(layer_array(annotation), copy=True)
+        self._autosave_dirty = False
+        self._autosave_again = False
+        store = self.autosave_store
+        path, image_data = image_source_path(image), layer_array(image)
+        names = class_names_of(annotation) or []
+        spacing = tuple(float(s) for s in annotation.scale)
+        image_name = image.name
+
+        def save() -> Any:
+            return save_snapshot(
+                store, autosave_key(path, image_data), snapshot,
+                spacing=spacing, class_names=names, image_name=image_name,
+            )
+
+        self.autosave_worker = run_function(
+            save,
+            name="MedSeg autosave",
+            on_return=self._on_autosaved,
+            on_error=self._on_autosave_error,
+            on_finish=self._on_autosave_finished,
+        )
+        return self.autosave_worker
+
+    def _on_autosaved(self, path: Any) -> None:
+        if path is None:
+            return
+        self.autosave_path = path
+        self._autosave_error_shown = False
+        self.autosave_label.setText(f"autosaved {time.strftime('%H:%M:%S')}")
+        self.autosave_label.setToolTip(str(path))
+
+    def _on_autosave_error(self, exc: BaseException) -> None:
+        self._autosave_dirty = True  # try again at the next tick
+        self.autosave_label.setText("autosave failed (see the message below)")
+        if not self._autosave_error_shown:
+            self._autosave_error_shown = True
+            report_error(exc, self.status, prefix="autosave failed: ")
+
+    def _on_autosave_finished(self) -> None:
+        self.autosave_worker = None
+        if self._autosave_again and self.autosave_check.isChecked():
+            self._autosave_soon.start()
+
+    def check_autosave(self) -> Any:
+        """Look (in a worker thread) for an autosave of the chosen image; offer it back.
+
+        Returns
+        -------
+        FunctionWorker or None
+            The worker looking, or None when there is no image.
+        """
+        self._check_generation += 1
+        generation = self._check_generation
+        image = self.image_picker.layer()
+        if image is None or getattr(image, "rgb", False):
+            self._show_offer(None)
+            return None
+        if self._offer is not None and self._offer[0] is not image:
+            self._show_offer(None)
+        store, path, data = self.autosave_store, image_source_path(image), layer_array(image)
+        current = self._annotation_layer_of(image)
+        # read, not copied, in the worker: only compared, to hide an offer of what is shown
+        shown = layer_array(current) if current is not None else None
+
+        def found(result: tuple[str, Any]) -> None:
+            if generation != self._check_generation or image not in self.viewer.layers:
+                return
+            key, entry = result
+            self._show_offer((image, key, entry) if entry is not None else None)
+
+        def failed(exc: BaseException) -> None:
+            report_error(exc, self.status, prefix="could not look for an autosave: ")
+
+        def done() -> None:
+            self.check_worker = None
+
+        self.check_worker = run_function(
+            lambda: find_autosave(store, path, data, shown),
+            name="MedSeg find autosave",
+            on_return=found,
+            on_error=failed,
+            on_finish=done,
+        )
+        return self.check_worker
+
+    def _recheck_offer(self, layer: object = None) -> None:
+        """Another annotation layer was chosen: hide the offer if it holds the autosave."""
+        if self._offer is not None and not self._restoring:
+            self.check_autosave()
+
+    def _show_offer(self, offer: tuple[Image, str, Any] | None) -> None:
+        self._offer = offer
+        if offer is None:
+            self.restore_banner.setVisible(False)
+            return
+        image, _, entry = offer
+        self.restore_button.setText(describe_entry(entry))
+        self.restore_button.setToolTip(f"{entry.describe()}\n{entry.path}")
+        names = ", ".join(entry.class_names) if entry.class_names else "no structure names"
+        self.restore_label.setText(
+            f"An earlier session left an autosaved annotation of '{image.name}' "
+            f"({names}). Autosave of this image waits until you restore or discard it."
+        )
+        self.restore_banner.setVisible(True)
+
+    @property
+    def restore_offered(self) -> bool:
+        """True while an autosaved annotation is offered back."""
+        return self._offer is not None
+
+    def restore_autosave(self) -> Any:
+        """Read the offered autosave (worker thread) and put it into the annotation layer.
+
+        The annotation layer of the image is created when there is none. Replacing the
+        data is undoable when small enough (see :data:`UNDO_LIMIT`).
+
+        Returns
+        -------
+        FunctionWorker or None
+            The worker reading the file, or None when nothing is offered.
+        """
+        if self._offer is None or self.restore_worker is not None:
+            return None
+        image, key, entry = self._offer
+        store, shape = self.autosave_store, layer_array(image).shape
+        self.restore_button.setEnabled(False)
+
+        def loaded(array: np.ndarray) -> None:
+            self._fill_restored(image, key, entry, array)
+
+        def failed(exc: BaseException) -> None:
+            report_error(exc, self.status, prefix="could not restore the autosave: ")
+
+        def done() -> None:
+            self.restore_worker = None
+            self.restore_button.setEnabled(True)
+
+        self.restore_worker = run_function(
+            lambda: store.load(entry, expected_shape=shape),
+            name="MedSeg restore autosave",
+            on_return=loaded,
+            on_error=failed,
+            on_finish=done,
+        )
+        return self.restore_worker
+
+    def _annotation_layer_of(self, image: Image) -> Labels | None:
+        """The annotation layer painted on ``image``: the chosen one when it fits."""
+        shape = layer_array(image).shape
+        chosen = self.annotation_picker.layer()
+        if isinstance(chosen, Labels) and layer_array(chosen).shape == shape:
+            return chosen
+        for layer in reversed(list(self.viewer.layers)):
+            if (
+                isinstance(layer, Labels)
+                and layer.metadata.get("medseg_image") == image.name
+                and layer_array(layer).shape == shape
+            ):
+                return layer
+        return None
+
+    def _fill_restored(self, image: Image, key: str, entry: Any, array: np.ndarray) -> None:
+        if image not in self.viewer.layers:
+            report_error(MedsegInputError(f"'{image.name}' was closed"), self.status)
+            return
+        layer = self._annotation_layer_of(image)
+        if layer is None:
+            if entry.class_names:
+                self.class_names_edit.setText(", ".join(entry.class_names))
+            self.image_picker.set_layer(image)
+            self._restoring = True  # keep create_annotation_layer from offering it again
+            try:
+                layer = self.create_annotation_layer()
+            finally:
+                self._restoring = False
+            if layer is None:
+                return
+        if np.asarray(array).max(initial=0) > np.iinfo(layer.data.dtype).max:
+            layer.data = np.asarray(array)
+        else:
+            apply_edit(layer, tuple(slice(None) for _ in range(layer.ndim)),
+                       np.asarray(array).astype(layer.data.dtype, copy=False))
+        names = list(entry.class_names)
+        if names and class_names_of(layer) != names:  # the names painted with this data
+            layer.metadata[CLASS_NAMES_KEY] = names
+            layer.colormap = annotation_color_dict(len(names))
+        self._check_generation += 1  # a look started before this must not offer it again
+        self.annotation_picker.set_layer(layer)
+        if names:
+            self.class_names_edit.setText(", ".join(names))
+            self._update_legend()
+        self._show_offer(None)
+        self._autosave_dirty = True
+        self.update_slice_list()
+        self.status.info(
+            f"restored {entry.annotated_voxels:,} annotated voxels into '{layer.name}' "
+            f"(autosave of {entry.saved_at:%H:%M})"
+        )
+
+    def discard_autosave(self) -> None:
+        """Delete the offered autosave; autosaving this image starts again."""
+        if self._offer is None:
+            return
+        image, key, _ = self._offer
+        try:
+            self.autosave_store.discard(key)
+        except (OSError, MedsegError) as exc:
+            report_error(exc, self.status, prefix="could not discard the autosave: ")
+            return
+        self._check_generation += 1
+        self._show_offer(None)
+        self._autosave_dirty = True
+        self.status.info(f"autosave of '{image.name}' discarded")
 
 
 __all__ = ["AnnotateWidget", "apply_edit", "format_slice_list"]

@@ -1,9 +1,15 @@
-"""Step 4 · Metrics: compare a segmentation with an expert mask, structure by structure."""
+"""Step 4 · Metrics: compare a segmentation with an expert mask, structure by structure.
+
+Without an expert mask, the second section estimates the accuracy from the user's own
+sparse annotation by k-fold cross-validation over the painted slices
+(:func:`napari_medseg.crossval.crossval`, run in a worker thread).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import threading
 from typing import Any
 
 import numpy as np
@@ -15,6 +21,8 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -22,9 +30,17 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import MedsegInputError
-from ._common import StatusLabel, button, form_layout
-from ._layers import class_names_of, labels_picker, layer_array, spacing_of
-from ._worker import report_error, run_function
+from ._common import (
+    ProgressRow,
+    StatusLabel,
+    button,
+    form_layout,
+    section_title,
+    separator,
+)
+from ._forms import ConfigForm
+from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
+from ._worker import report_error, run_function, run_generator
 
 COLUMNS = ("Structure", "Dice", "Jaccard", "SA %", "HD95 mm", "ASSD mm")
 RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -119,7 +135,10 @@ class MetricsWidget(QWidget):
         self.table.setMinimumHeight(110)
         self.status = StatusLabel()
 
+        self.crossval = CrossValPanel(napari_viewer)
+
         layout = QVBoxLayout(self)
+        layout.addWidget(section_title("Compare with an expert mask"))
         form = form_layout()
         form.addRow("Segmentation", self.segmentation_picker)
         form.addRow("Expert mask", self.reference_picker)
@@ -132,6 +151,9 @@ class MetricsWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.table, 1)
         layout.addWidget(self.status)
+        layout.addWidget(separator())
+        layout.addWidget(section_title("Estimate accuracy from my annotation (no expert mask)"))
+        layout.addWidget(self.crossval)
 
         self.only_unannotated.toggled.connect(self.annotation_picker.setEnabled)
         self.compute_button.clicked.connect(self.compute)
@@ -245,4 +267,310 @@ class MetricsWidget(QWidget):
         text = self.csv_text()
         QApplication.clipboard().setText(text)
         self.status.info("table copied to the clipboard")
+        return text
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+CROSSVAL_BASIC = ("arch", "time_budget", "iterations", "device")
+
+
+def crossval_rows(result: Any) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the cross-validation table from a ``CrossValResult``.
+
+    One row per structure and a ``mean`` row: the IoU of each finished fold, then the
+    IoU and Dice as mean ± standard deviation over the folds.
+    """
+    header = ["Structure", *(f"IoU f{f.fold + 1}" for f in result.folds), "IoU", "Dice"]
+
+    def pm(pair: tuple[float | None, float | None]) -> str:
+        mean, std = pair
+        return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+    rows = [
+        [
+            result.name(k),
+            *(f"{f.iou[k]:.3f}" for f in result.folds),
+            pm(result.iou_mean_std(k)),
+            pm(result.dice_mean_std(k)),
+        ]
+        for k in result.structures
+    ]
+    rows.append(
+        [
+            "mean",
+            *(f"{f.mean_iou:.3f}" for f in result.folds),
+            pm(result.iou_mean_std()),
+            pm(result.dice_mean_std()),
+        ]
+    )
+    return header, rows
+
+
+def describe_crossval_progress(progress: Any) -> str:
+    """``"fold 2/3 · train · step 40 · loss 0.412 · 95 s"`` from a ``CrossValProgress``."""
+    what = "step" if progress.phase == "train" else "tile"
+    text = f"fold {progress.fold + 1}/{progress.folds} · {progress.phase} · {what} {progress.step}"
+    if progress.loss is not None:
+        text += f" · loss {progress.loss:.3f}"
+    text += f" · {progress.elapsed:.0f} s"
+    if progress.message:
+        text += f" — {progress.message}"
+    return text
+
+
+class CrossValPanel(QWidget):
+    """Estimate the accuracy from the sparse annotation alone (k-fold over painted slices).
+
+    Each fold trains a network without some of the painted slices and scores it on them;
+    the mean over the folds estimates how well the unpainted slices are segmented.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer.
+    """
+
+    def __init__(self, napari_viewer: Viewer) -> None:
+        super().__init__()
+        from ..training import TrainConfig
+
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.result: Any = None
+        self._stop: threading.Event | None = None
+        self.image_picker = image_picker(napari_viewer)
+        self.annotation_picker = labels_picker(
+            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
+        )
+        self.folds_spin = QSpinBox()
+        self.folds_spin.setRange(2, 20)
+        self.folds_spin.setValue(3)
+        self.folds_spin.setToolTip(
+            "The painted slices showing a structure are split into this many groups; each "
+            "fold trains without one group and is scored on it (at least one slice per fold)"
+        )
+        self.form = ConfigForm(
+            TrainConfig,
+            CROSSVAL_BASIC,
+            units={"time_budget": "s"},
+            none_text={
+                "time_budget": "no time limit",
+                "iterations": "no step limit",
+                "patch_shape": "chosen from the image size and spacing",
+                "base_channels": "8 on a CPU, 16 on a GPU",
+                "threads": "torch's default",
+            },
+            suggest={"iterations": 200, "patch_shape": (32, 64, 64), "base_channels": 16,
+                     "threads": 2},
+            limits={"iterations": (1, 10**7), "base_channels": (1, 256), "batch_size": (1, 256),
+                    "threads": (1, 256), "patch_shape": (1, 4096), "time_budget": (1, 10**6)},
+        )
+        budget = self.form.editors["time_budget"].widget
+        label = self.form.basic.form.labelForField(budget)
+        if isinstance(label, QLabel):
+            label.setText("Time per fold")
+        budget.setToolTip(
+            "Training time of each fold: the whole run takes about folds × (this + prediction)"
+        )
+        self.run_button = button(
+            "Estimate accuracy", "Cross-validate over the painted slices (trains one network "
+            "per fold)"
+        )
+        self.stop_button = button("Stop", "Stop now; the folds already finished are shown")
+        self.stop_button.setEnabled(False)
+        self.copy_button = button("Copy", "Copy the result as a text table")
+        self.copy_button.setEnabled(False)
+        self.progress = ProgressRow()
+        self.progress.setVisible(False)  # until the first run
+        self.title = QLabel("")
+        self.title.setWordWrap(True)
+        self.table = QTableWidget(0, 0)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents
+        )
+        self.table.setMinimumHeight(90)
+        self.table.setVisible(False)
+        self.status = StatusLabel()
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        form = form_layout()
+        form.addRow("Image", self.image_picker)
+        form.addRow("Annotation", self.annotation_picker)
+        form.addRow("Folds", self.folds_spin)
+        layout.addLayout(form)
+        layout.addWidget(self.form)
+        row = QHBoxLayout()
+        row.addWidget(self.run_button, 2)
+        row.addWidget(self.stop_button, 1)
+        row.addWidget(self.copy_button, 1)
+        layout.addLayout(row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.title)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.status)
+
+        self.run_button.clicked.connect(self.run)
+        self.stop_button.clicked.connect(self.stop)
+        self.copy_button.clicked.connect(self.copy_text)
+
+    @property
+    def is_running(self) -> bool:
+        """True while a cross-validation runs."""
+        return self.worker is not None
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        for widget in (self.form, self.folds_spin, self.image_picker, self.annotation_picker):
+            widget.setEnabled(not running)
+
+    def _inputs(self) -> dict[str, Any]:
+        from ..crossval import CrossValConfig
+
+        image_layer = self.image_picker.layer()
+        annotation_layer = self.annotation_picker.layer()
+        if image_layer is None:
+            raise MedsegInputError("choose an image layer")
+        if annotation_layer is None:
+            raise MedsegInputError("choose your annotation layer (step 1 · Annotate)")
+        image = layer_array(image_layer)
+        annotation = np.array(layer_array(annotation_layer), copy=True)  # snapshot
+        if annotation.shape != image.shape:
+            raise MedsegInputError(
+                f"annotation shape {annotation.shape} differs from image shape {image.shape}"
+            )
+        config = CrossValConfig(folds=self.folds_spin.value(), train=self.form.config())
+        config.check()
+        return {
+            "image": image,
+            "annotation": annotation,
+            "config": config,
+            "spacing": spacing_of(image_layer),
+            "class_names": class_names_of(annotation_layer, image_layer),
+        }
+
+    def run(self) -> bool:
+        """Start the cross-validation in a worker thread.
+
+        Returns
+        -------
+        bool
+            True when it started; False when refused (the reason is shown).
+        """
+        if self.is_running:
+            return False
+        from ..crossval import crossval
+
+        try:
+            inputs = self._inputs()
+        except (MedsegInputError, TypeError, ValueError) as exc:
+            report_error(exc, self.status)
+            return False
+        stop = threading.Event()
+        self._stop = stop
+        self._set_running(True)
+        self.copy_button.setEnabled(False)
+        self.status.info(f"cross-validating over {inputs['config'].folds} folds…")
+        self.progress.setVisible(True)
+        self.progress.start("finding the painted slices…")
+        self.worker = run_generator(
+            lambda: crossval(
+                inputs["image"], inputs["annotation"], inputs["config"],
+                spacing=inputs["spacing"], class_names=inputs["class_names"], stop=stop,
+            ),
+            name="MedSeg cross-validation",
+            on_yield=self._on_progress,
+            on_return=self._show,
+            on_error=self._on_error,
+            on_finish=self._on_finished,
+            on_abort=self._on_aborted,
+        )
+        return True
+
+    def stop(self) -> None:
+        """End after the current training step or tile; finished folds are shown."""
+        if self._stop is not None:
+            self._stop.set()
+            self.stop_button.setEnabled(False)
+            self.status.info("stopping…")
+
+    def _on_progress(self, progress: Any) -> None:
+        self.progress.update(progress.fraction, describe_crossval_progress(progress))
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.progress.finish("failed", complete=False)
+        report_error(exc, self.status, prefix="cross-validation failed: ")
+
+    def _on_aborted(self) -> None:
+        self.progress.finish("cancelled", complete=False)
+        self.status.info("cross-validation cancelled")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._stop = None
+        self._set_running(False)
+
+    def _show(self, result: Any) -> None:
+        self.result = result
+        done, planned = len(result.folds), result.n_folds
+        units = len(result.units)
+        if result.complete:
+            self.title.setText(
+                f"{planned} folds over {units} painted slices — estimated accuracy on the "
+                "slices you did not paint:"
+            )
+            self.progress.finish(f"done in {result.seconds:.0f} s")
+            self.status.info(f"mean IoU {result.mean_iou:.3f}, mean Dice {result.mean_dice:.3f}")
+        else:
+            self.title.setText(
+                f"<b>incomplete</b>: stopped after {done} of {planned} folds ({units} painted "
+                "slices) — a rough estimate only"
+            )
+            self.progress.finish(f"stopped · {done}/{planned} folds", complete=False)
+            self.status.info(
+                "stopped before any fold finished: no estimate" if not done
+                else f"incomplete: {done} of {planned} folds"
+            )
+        details = [
+            f"fold {f.fold + 1}: held out {', '.join(u.label() for u in f.held_out)} "
+            f"({f.n_scored:,} voxels, {f.train_steps} steps)"
+            for f in result.folds
+        ]
+        self.title.setToolTip("\n".join(details))
+        if not done:
+            self.table.setRowCount(0)
+            self.table.setVisible(False)
+            self.copy_button.setEnabled(False)
+            return
+        header, rows = crossval_rows(result)
+        self.table.clear()
+        self.table.setColumnCount(len(header))
+        self.table.setHorizontalHeaderLabels(header)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                item = QTableWidgetItem(text)
+                if c:
+                    item.setTextAlignment(RIGHT)
+                if row[0] == "mean":
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.table.setItem(r, c, item)
+        self.table.setVisible(True)
+        self.copy_button.setEnabled(True)
+
+    def copy_text(self) -> str:
+        """Copy the result (plain-text table with the held-out slices) to the clipboard."""
+        if self.result is None:
+            return ""
+        text = self.result.format_table()
+        QApplication.clipboard().setText(text)
+        self.status.info("result copied to the clipboard")
         return text

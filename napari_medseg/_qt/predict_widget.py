@@ -15,13 +15,28 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.viewer import Viewer
-from qtpy.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..errors import MedsegInputError
 from ._colors import segmentation_color_dict, structure_color
 from ._common import ProgressRow, StatusLabel, button, form_layout, section_title, separator
 from ._forms import ConfigForm
-from ._layers import CLASS_NAMES_KEY, geometry_kwargs, image_picker, layer_array, spacing_of
+from ._layers import (
+    CLASS_NAMES_KEY,
+    geometry_kwargs,
+    image_picker,
+    labels_picker,
+    layer_array,
+    spacing_of,
+)
 from ._state import MODELS, ModelEntry, ModelRegistry
 from ._worker import report_error, run_function, run_generator
 
@@ -48,6 +63,23 @@ def describe_model(entry: ModelEntry) -> str:
     return f"{config.arch} · {', '.join(names)} · {spacing} mm{trained}{source}"
 
 
+def keep_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
+    """Give the voxels the user painted the user's label, in place.
+
+    Annotation ``k + 1`` (structure ``k``) becomes label ``k``, annotation ``1``
+    (background) label ``0``; unannotated voxels (``0``) keep the prediction.
+
+    Returns
+    -------
+    int
+        Number of painted voxels (whether or not their label changed).
+    """
+    annotation = np.asarray(annotation)
+    painted = annotation > 0
+    labels[painted] = annotation[painted] - 1
+    return int(np.count_nonzero(painted))
+
+
 class PredictWidget(QWidget):
     """Apply a trained model to an image layer and show the segmentation as it grows.
 
@@ -70,9 +102,11 @@ class PredictWidget(QWidget):
         self.probability_layers: list[Image] = []
         self.tiles_shown = 0
         self.redraws = 0
+        self.kept_voxels = 0
         self._last_redraw = 0.0
         self._stop: threading.Event | None = None
         self._base_name = ""
+        self._annotation_layer: Labels | None = None
 
         self.model_combo = QComboBox()
         self.model_combo.setPlaceholderText("(no model: train or load one)")
@@ -84,6 +118,15 @@ class PredictWidget(QWidget):
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
         self.image_picker = image_picker(napari_viewer)
+        self.keep_painted_check = QCheckBox("Keep my painted voxels")
+        self.keep_painted_check.setChecked(True)
+        self.keep_painted_check.setToolTip(
+            "When the prediction is complete, the voxels painted in the annotation layer "
+            "keep the painted label (background or structure) instead of the network's"
+        )
+        self.annotation_picker = labels_picker(
+            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
+        )
         self.form = ConfigForm(
             PredictConfig,
             BASIC_FIELDS,
@@ -109,6 +152,8 @@ class PredictWidget(QWidget):
         form.addRow("Model", model_row)
         form.addRow("", self.model_info)
         form.addRow("Image", self.image_picker)
+        form.addRow("", self.keep_painted_check)
+        form.addRow("Annotation", self.annotation_picker)
         layout.addLayout(form)
         layout.addWidget(separator())
         layout.addWidget(section_title("Settings"))
@@ -127,8 +172,17 @@ class PredictWidget(QWidget):
         self.stop_button.clicked.connect(self.stop_prediction)
         self.save_button.clicked.connect(self.save_segmentation_dialog)
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
+        self.keep_painted_check.toggled.connect(self.annotation_picker.setEnabled)
+        self.image_picker.layer_changed.connect(self._prefer_annotation_of)
         self.registry.changed.connect(self._refresh_models)
         self._refresh_models()
+        self._prefer_annotation_of(self.image_picker.layer())
+
+    def _prefer_annotation_of(self, image: Any) -> None:
+        """Choose ``"<image> annotation"`` (until the user picks another layer)."""
+        self.annotation_picker.prefer_name(
+            f"{image.name} annotation" if image is not None else None
+        )
 
     # -- models -----------------------------------------------------------------------------
     def _refresh_models(self) -> None:
@@ -202,8 +256,10 @@ class PredictWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.predict_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        for widget in (self.form, self.model_combo, self.load_button, self.image_picker):
+        for widget in (self.form, self.model_combo, self.load_button, self.image_picker,
+                       self.keep_painted_check):
             widget.setEnabled(not running)
+        self.annotation_picker.setEnabled(not running and self.keep_painted_check.isChecked())
 
     def _result_layer_for(self, image_layer: Image, shape: tuple[int, ...], entry: ModelEntry):
         names = list(entry.model.config.class_names[1:])
@@ -256,13 +312,28 @@ class PredictWidget(QWidget):
                     f"'{image_layer.name}' has {image.ndim} dimensions; expected a 2D or 3D image"
                 )
             config = self.form.config()
+            annotation_layer = None
+            if self.keep_painted_check.isChecked():
+                annotation_layer = self.annotation_picker.layer()
+                if annotation_layer is not None and layer_array(annotation_layer).shape != (
+                    image.shape
+                ):
+                    if self.annotation_picker.user_chosen:
+                        raise MedsegInputError(
+                            f"'{annotation_layer.name}' has shape "
+                            f"{layer_array(annotation_layer).shape}, the image {image.shape}: "
+                            "choose the image's annotation, or untick 'Keep my painted voxels'"
+                        )
+                    annotation_layer = None  # chosen automatically: another image's layer
         except (MedsegInputError, TypeError, ValueError) as exc:
             report_error(exc, self.status)
             return False
 
         self.result_layer, self._base_name = self._result_layer_for(image_layer, image.shape, entry)
         self._image_layer = image_layer
+        self._annotation_layer = annotation_layer
         self._class_names = list(entry.model.config.class_names[1:])
+        self.kept_voxels = 0
         self.tiles_shown = 0
         self.redraws = 0
         self._last_redraw = 0.0
@@ -330,11 +401,13 @@ class PredictWidget(QWidget):
             return
         layer = self.result_layer
         if prediction.complete:
-            layer.data = np.asarray(prediction.labels).astype(layer.data.dtype, copy=False)
+            labels = np.asarray(prediction.labels).astype(layer.data.dtype, copy=True)
+            kept = self._keep_painted(labels)
+            layer.data = labels
             layer.name = self._base_name
-            found = [int(v) for v in np.unique(prediction.labels) if v]
+            found = [int(v) for v in np.unique(labels) if v]
             self.progress.finish(f"done · {len(found)} structure(s) found")
-            self.status.info(f"'{layer.name}' complete")
+            self.status.info(f"'{layer.name}' complete{kept}")
             self.save_button.setEnabled(True)
             if prediction.probabilities is not None:
                 self._show_probabilities(np.asarray(prediction.probabilities))
@@ -346,6 +419,23 @@ class PredictWidget(QWidget):
                 f"stopped: '{layer.name}' covers only the finished tiles; predict again for "
                 "a complete segmentation"
             )
+
+    def _keep_painted(self, labels: np.ndarray) -> str:
+        """Put the painted voxels' labels into ``labels``; a note for the status line."""
+        annotation_layer = self._annotation_layer
+        if annotation_layer is None or annotation_layer not in self.viewer.layers:
+            return ""
+        if annotation_layer is self.result_layer:
+            return ""
+        annotation = layer_array(annotation_layer)  # read now: painting may have gone on
+        if annotation.shape != labels.shape:
+            return f" (painted voxels not kept: '{annotation_layer.name}' changed shape)"
+        if int(annotation.max(initial=0)) - 1 > np.iinfo(labels.dtype).max:
+            return " (painted voxels not kept: label too large)"
+        self.kept_voxels = keep_painted(labels, annotation)
+        if not self.kept_voxels:
+            return ""
+        return f" · {self.kept_voxels:,} painted voxels kept from '{annotation_layer.name}'"
 
     def _show_probabilities(self, probabilities: np.ndarray) -> None:
         from napari.utils.colormaps import Colormap
