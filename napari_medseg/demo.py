@@ -101,8 +101,14 @@ def run_demo(
     )
     scored = data.annotation == 0
     labels = sorted(int(v) for v in np.unique(data.expert_mask) if v != 0)
+    names = model.config.class_names[1:]
     result = evaluate(
-        prediction.labels, data.expert_mask, spacing=data.spacing, labels=labels, mask=scored
+        prediction.labels,
+        data.expert_mask,
+        spacing=data.spacing,
+        labels=labels,
+        mask=scored,
+        class_names=names,
     )
     baseline = evaluate(
         threshold_baseline(data.image, data.annotation),
@@ -111,6 +117,7 @@ def run_demo(
         labels=labels,
         mask=scored,
         surface_distances=False,
+        class_names=names,
     )
     print_fn("\n3D U-Net, voxels not annotated:")
     print_fn(result.format_table())
