@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from napari.viewer import Viewer
+from qtpy.QtCore import QTimer
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def dock_widgets(viewer: Viewer) -> dict[str, Any]:
         first_dock = first_dock or dock
     if first_dock is not None:
         first_dock.raise_()
+        # Tabs added later become current once the window is shown; raise again then.
+        QTimer.singleShot(0, first_dock.raise_)
     return widgets
 
 
