@@ -64,6 +64,10 @@ class TrainConfig:
         Peak learning rate of AdamW (warm-up, then cosine decay over the run).
     dice_weight : float
         Weight of the soft Dice term added to the cross-entropy (0 disables it).
+    class_weight_power : float
+        Cross-entropy class weights are ``(total / count) ** power`` over the annotated voxels:
+        0.5 keeps rare structures of a multi-class annotation alive; 0 (no weighting) suits a
+        single structure, since patches are already drawn class-balanced.
     augment : bool
         On-the-fly augmentation: flips, in-plane right-angle rotations, intensity scale and
         shift, elastic deformation.
@@ -86,6 +90,7 @@ class TrainConfig:
     batch_size: int = 2
     learning_rate: float = 1e-2
     dice_weight: float = 1.0
+    class_weight_power: float = 0.5
     augment: bool = True
     elastic: bool = True
     mixed_precision: bool = True
@@ -258,7 +263,8 @@ def train(
     sampler = AnnotatedPatchSampler(
         normalization.apply(image)[np.newaxis], target, patch_shape, rng
     )
-    run = _Optimisation(config, net_config, device, class_weights_from_counts(counts))
+    weights = class_weights_from_counts(counts, power=config.class_weight_power)
+    run = _Optimisation(config, net_config, device, weights)
     state = _RunState()
 
     def progress(loss: float, message: str = "") -> TrainProgress:
