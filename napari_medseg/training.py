@@ -64,10 +64,11 @@ class TrainConfig:
         Peak learning rate of AdamW (warm-up, then cosine decay over the run).
     dice_weight : float
         Weight of the soft Dice term added to the cross-entropy (0 disables it).
-    class_weight_power : float
-        Cross-entropy class weights are ``(total / count) ** power`` over the annotated voxels:
-        0.5 keeps rare structures of a multi-class annotation alive; 0 (no weighting) suits a
-        single structure, since patches are already drawn class-balanced.
+    class_weight_power : float or None
+        Cross-entropy class weights are ``(total / count) ** power`` over the annotated voxels.
+        ``None`` chooses: 0 (no weighting; patches are already drawn class-balanced, and
+        weighting on top over-segments) for a single structure, 0.5 for several, where it keeps
+        the rare structures alive.
     augment : bool
         On-the-fly augmentation: flips, in-plane right-angle rotations, intensity scale and
         shift, elastic deformation.
@@ -90,7 +91,7 @@ class TrainConfig:
     batch_size: int = 2
     learning_rate: float = 1e-2
     dice_weight: float = 1.0
-    class_weight_power: float = 0.5
+    class_weight_power: float | None = None
     augment: bool = True
     elastic: bool = True
     mixed_precision: bool = True
@@ -263,7 +264,10 @@ def train(
     sampler = AnnotatedPatchSampler(
         normalization.apply(image)[np.newaxis], target, patch_shape, rng
     )
-    weights = class_weights_from_counts(counts, power=config.class_weight_power)
+    power = config.class_weight_power
+    if power is None:
+        power = 0.0 if n_classes == 2 else 0.5
+    weights = class_weights_from_counts(counts, power=power)
     run = _Optimisation(config, net_config, device, weights)
     state = _RunState()
 
