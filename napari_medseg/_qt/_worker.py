@@ -8,6 +8,7 @@ worker's Qt signals, so they always run on the GUI thread.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -151,3 +152,31 @@ def run_function(
     _connect(worker, None, on_return, on_error, on_finish, None)
     worker.start()
     return worker
+
+
+class StopSwitch:
+    """The stop event of the run in progress and the button that sets it (GUI thread only).
+
+    The core generators take a :class:`threading.Event`; setting it makes them end after the
+    current step or tile and return what they have.
+    """
+
+    def __init__(self, stop_button: Any) -> None:
+        self.button = stop_button
+        self.event: threading.Event | None = None
+
+    def arm(self) -> threading.Event:
+        """A fresh event for a new run."""
+        self.event = threading.Event()
+        return self.event
+
+    def request(self, status: Any, message: str) -> None:
+        """Set the event (if a run is going), disable the button and say so in ``status``."""
+        if self.event is not None:
+            self.event.set()
+            self.button.setEnabled(False)
+            status.info(message)
+
+    def disarm(self) -> None:
+        """Forget the event once the run has finished."""
+        self.event = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,7 @@ from ._common import (
 )
 from ._forms import ConfigForm
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
-from ._worker import report_error, run_function, run_generator
+from ._worker import StopSwitch, report_error, run_function, run_generator
 
 COLUMNS = ("Structure", "Dice", "Jaccard", "SA %", "HD95 mm", "ASSD mm")
 RIGHT = int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
@@ -338,7 +337,6 @@ class CrossValPanel(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.result: Any = None
-        self._stop: threading.Event | None = None
         self.image_picker = image_picker(napari_viewer)
         self.annotation_picker = labels_picker(
             napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
@@ -379,6 +377,7 @@ class CrossValPanel(QWidget):
         )
         self.stop_button = button("Stop", "Stop now; the folds already finished are shown")
         self.stop_button.setEnabled(False)
+        self._stop = StopSwitch(self.stop_button)
         self.copy_button = button("Copy", "Copy the result as a text table")
         self.copy_button.setEnabled(False)
         self.progress = ProgressRow()
@@ -471,8 +470,7 @@ class CrossValPanel(QWidget):
         except (MedsegInputError, TypeError, ValueError) as exc:
             report_error(exc, self.status)
             return False
-        stop = threading.Event()
-        self._stop = stop
+        stop = self._stop.arm()
         self._set_running(True)
         self.copy_button.setEnabled(False)
         self.status.info(f"cross-validating over {inputs['config'].folds} folds…")
@@ -494,10 +492,7 @@ class CrossValPanel(QWidget):
 
     def stop(self) -> None:
         """End after the current training step or tile; finished folds are shown."""
-        if self._stop is not None:
-            self._stop.set()
-            self.stop_button.setEnabled(False)
-            self.status.info("stopping…")
+        self._stop.request(self.status, "stopping…")
 
     def _on_progress(self, progress: Any) -> None:
         self.progress.update(progress.fraction, describe_crossval_progress(progress))
@@ -512,7 +507,7 @@ class CrossValPanel(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._stop = None
+        self._stop.disarm()
         self._set_running(False)
 
     def _show(self, result: Any) -> None:

@@ -7,7 +7,6 @@ grows on screen. A stopped run leaves the layer named ``"… (stopped)"``.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from ._layers import (
     spacing_of,
 )
 from ._state import MODELS, ModelEntry, ModelRegistry
-from ._worker import report_error, run_function, run_generator
+from ._worker import StopSwitch, report_error, run_function, run_generator
 
 BASIC_FIELDS = ("device", "overlap", "probabilities")
 MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
@@ -104,7 +103,6 @@ class PredictWidget(QWidget):
         self.redraws = 0
         self.kept_voxels = 0
         self._last_redraw = 0.0
-        self._stop: threading.Event | None = None
         self._base_name = ""
         self._annotation_layer: Labels | None = None
 
@@ -137,6 +135,7 @@ class PredictWidget(QWidget):
         self.predict_button = button("Predict", "Segment the image with the chosen model")
         self.stop_button = button("Stop", "Stop after the current tile")
         self.stop_button.setEnabled(False)
+        self._stop = StopSwitch(self.stop_button)
         self.progress = ProgressRow()
         self.status = StatusLabel()
         self.save_button = button(
@@ -337,8 +336,7 @@ class PredictWidget(QWidget):
         self.tiles_shown = 0
         self.redraws = 0
         self._last_redraw = 0.0
-        stop = threading.Event()
-        self._stop = stop
+        stop = self._stop.arm()
         self._set_running(True)
         self.save_button.setEnabled(False)
         self.progress.start("preparing…")
@@ -367,10 +365,7 @@ class PredictWidget(QWidget):
 
     def stop_prediction(self) -> None:
         """Stop after the current tile; the layer is then named ``"… (stopped)"``."""
-        if self._stop is not None:
-            self._stop.set()
-            self.stop_button.setEnabled(False)
-            self.status.info("stopping after the current tile…")
+        self._stop.request(self.status, "stopping after the current tile…")
 
     def _layer_alive(self) -> bool:
         return self.result_layer is not None and self.result_layer in self.viewer.layers
@@ -481,7 +476,7 @@ class PredictWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._stop = None
+        self._stop.disarm()
         self._set_running(False)
 
     # -- saving -----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ while the network trains; the training generator runs in a ``thread_worker``.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from ._common import ProgressRow, StatusLabel, button, form_layout, section_titl
 from ._forms import ConfigForm
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
 from ._state import MODELS, ModelRegistry
-from ._worker import report_error, run_function, run_generator
+from ._worker import StopSwitch, report_error, run_function, run_generator
 
 BASIC_FIELDS = ("arch", "time_budget", "iterations", "device", "seed")
 MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
@@ -56,7 +55,6 @@ class TrainWidget(QWidget):
         self.worker: Any = None
         self.model: Any = None
         self.model_name: str | None = None
-        self._stop: threading.Event | None = None
         self._last_progress: Any = None
 
         self.image_picker = image_picker(napari_viewer)
@@ -82,6 +80,7 @@ class TrainWidget(QWidget):
         self.train_button = button("Train", "Train a new model on the image and annotation")
         self.stop_button = button("Stop", "End training after the current step; keep the model")
         self.stop_button.setEnabled(False)
+        self._stop = StopSwitch(self.stop_button)
         self.progress = ProgressRow()
         self.status = StatusLabel()
         self.save_button = button("Save model…", "Write the last trained model to a file")
@@ -161,8 +160,7 @@ class TrainWidget(QWidget):
         except (MedsegInputError, TypeError, ValueError) as exc:
             report_error(exc, self.status)
             return False
-        stop = threading.Event()
-        self._stop = stop
+        stop = self._stop.arm()
         self._last_progress = None
         self._image_name = self.image_picker.layer().name
         self._arch = config.arch
@@ -182,10 +180,7 @@ class TrainWidget(QWidget):
 
     def stop_training(self) -> None:
         """Ask training to end after the current step (the model so far is kept)."""
-        if self._stop is not None:
-            self._stop.set()
-            self.stop_button.setEnabled(False)
-            self.status.info("stopping after the current step…")
+        self._stop.request(self.status, "stopping after the current step…")
 
     def _on_progress(self, progress: Any) -> None:
         self._last_progress = progress
@@ -216,7 +211,7 @@ class TrainWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._stop = None
+        self._stop.disarm()
         self._set_running(False)
 
     # -- saving -----------------------------------------------------------------------------
