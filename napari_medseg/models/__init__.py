@@ -185,18 +185,12 @@ def count_parameters(module: nn.Module) -> int:
     return int(sum(math.prod(p.shape) for p in module.parameters() if p.requires_grad))
 
 
-#: Aliases matching the names used in docs/ARCHITECTURE.md.
-ModelConfig = NetworkConfig
-build_model = build_network
-
 __all__ = [
     "ARCHS",
     "FCN2D",
-    "ModelConfig",
     "NetworkConfig",
     "UNet2D",
     "UNet3D",
-    "build_model",
     "build_network",
     "count_parameters",
 ]
