@@ -83,7 +83,10 @@ def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int
     return tuple(min(s, 2 * p) for s, p in zip(shape, patch))  # type: ignore[return-value]
 
 
+@torch.inference_mode()
 def _forward(network: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None, mirror: bool):
+    # Inference mode is entered per tile, never held across a yield: it is thread-wide state
+    # and would leak into whatever the consumer of the generator does between tiles.
     with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         probs = torch.softmax(network(x).float(), dim=1)
         if mirror:
@@ -183,7 +186,7 @@ def _predict_tiles(
     amp = autocast_dtype(device)
     pin = device.type == "cuda"
     complete = True
-    with torch.inference_mode():
+    try:
         for index, region in enumerate(sampler):
             if stop is not None and stop.is_set():
                 complete = False
@@ -203,9 +206,10 @@ def _predict_tiles(
                 message,
             )
             message = ""
-    network.to("cpu")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    finally:
+        network.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     labels = aggregator.labels()
     probabilities = aggregator.probabilities() if config.probabilities else None
     return Prediction(labels, probabilities, complete, str(device), tuple(sampler.tile_shape))
