@@ -28,7 +28,7 @@ from .volume import Volume
 PathLike = str | os.PathLike[str]
 
 
-def check_same_geometry(image: Volume, other: Volume, what: str) -> None:
+def check_same_geometry(image: Volume, other: Volume, what: str, reference: str = "image") -> None:
     """Refuse a label volume whose grid differs from its image's.
 
     Raises
@@ -37,17 +37,21 @@ def check_same_geometry(image: Volume, other: Volume, what: str) -> None:
         When shapes differ, or spacing / origin differ by more than 1e-3 relative.
     """
     if image.shape != other.shape:
-        raise MedsegInputError(f"{what} shape {other.shape} differs from image shape {image.shape}")
+        raise MedsegInputError(
+            f"{what} shape {other.shape} differs from {reference} shape {image.shape}"
+        )
     if not np.allclose(image.spacing, other.spacing, rtol=1e-3, atol=1e-4):
         raise MedsegInputError(
-            f"{what} spacing {_fmt(other.spacing)} differs from image spacing {_fmt(image.spacing)}"
+            f"{what} spacing {_fmt(other.spacing)} differs from {reference} spacing "
+            f"{_fmt(image.spacing)}"
         )
     if not np.allclose(image.direction, other.direction, atol=1e-3):
-        raise MedsegInputError(f"{what} orientation (direction) differs from the image's")
+        raise MedsegInputError(f"{what} orientation (direction) differs from the {reference}'s")
     scale = max(1.0, float(np.max(np.abs(image.spacing))))
     if not np.allclose(image.origin, other.origin, atol=1e-2 * scale):
         raise MedsegInputError(
-            f"{what} origin {_fmt(other.origin)} differs from image origin {_fmt(image.origin)}"
+            f"{what} origin {_fmt(other.origin)} differs from {reference} origin "
+            f"{_fmt(image.origin)}"
         )
 
 
@@ -161,11 +165,11 @@ def evaluate_files(
     """
     segmentation = read_volume(segmentation_path)
     expert = read_volume(expert_path)
-    check_same_geometry(expert, segmentation, "segmentation")
+    check_same_geometry(expert, segmentation, "segmentation", "expert mask")
     mask = None
     if exclude_annotation is not None:
         annotation = read_volume(exclude_annotation)
-        check_same_geometry(expert, annotation, "annotation")
+        check_same_geometry(expert, annotation, "annotation", "expert mask")
         mask = np.asarray(annotation.array) == 0
         if not mask.any():
             raise MedsegInputError("every voxel is annotated: nothing is left to score")
