@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .checkpoint import TrainedModel
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, memory_format_for, resolve_device
 from .errors import MedsegError, MedsegInputError
 from .progress import run_to_completion
 from .tiling import GaussianAggregator, GridSampler
@@ -180,7 +180,8 @@ def _predict_tiles(
     start: float,
     message: str,
 ) -> Generator[TileProgress, None, Prediction]:
-    network = model.network.to(device).eval()
+    memory_format = memory_format_for(model.network)
+    network = model.network.to(device, memory_format=memory_format).eval()
     sampler = GridSampler(normalized.shape, tile_shape, config.overlap)
     aggregator = GaussianAggregator(model.config.n_classes, normalized.shape, sampler.tile_shape)
     amp = autocast_dtype(device)
@@ -194,7 +195,7 @@ def _predict_tiles(
             tile = torch.from_numpy(np.ascontiguousarray(normalized[region]))[None, None]
             if pin:
                 tile = tile.pin_memory()
-            tile = tile.to(device, non_blocking=pin)
+            tile = tile.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
             scores = _forward(network, tile, amp, config.mirror)[0].cpu().numpy()
             aggregator.add(region, scores)
             yield TileProgress(
@@ -207,7 +208,7 @@ def _predict_tiles(
             )
             message = ""
     finally:
-        network.to("cpu")
+        network.to("cpu", memory_format=torch.contiguous_format)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     labels = aggregator.labels()

@@ -22,7 +22,7 @@ import torch
 from .annotation import annotation_to_target, validate_annotation
 from .augmentation import AugmentConfig, augment
 from .checkpoint import ModelConfig, TrainedModel
-from .device import autocast_dtype, resolve_device
+from .device import autocast_dtype, memory_format_for, resolve_device
 from .errors import MedsegInputError
 from .losses import class_weights_from_counts, masked_cross_entropy, masked_soft_dice
 from .models import NetworkConfig, build_network
@@ -390,6 +390,8 @@ class _Optimisation:
         self.config = config
         self.device = device
         self.network = build_network(net_config).to(device)
+        self.memory_format = memory_format_for(self.network)
+        self.network.to(memory_format=self.memory_format)
         self.network.train()
         self.weights = class_weights.to(device)
         self.optimizer = torch.optim.AdamW(
@@ -406,9 +408,12 @@ class _Optimisation:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=self.pin)
 
+    def _input(self, images: np.ndarray) -> torch.Tensor:
+        return self._to_device(images, np.float32).contiguous(memory_format=self.memory_format)
+
     def step(self, images: np.ndarray, targets: np.ndarray, lr: float) -> float:
         """One optimisation step; returns the loss (not applied when it is not finite)."""
-        x = self._to_device(images, np.float32)
+        x = self._input(images)
         y = self._to_device(targets, np.int64)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -437,6 +442,6 @@ class _Optimisation:
     def release(self) -> None:
         """Eval mode, back to the CPU, device memory freed."""
         self.network.eval()
-        self.network.to("cpu")
+        self.network.to("cpu", memory_format=torch.contiguous_format)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -42,6 +42,18 @@ def test_training_yields_progress_and_returns_a_model():
     assert model.config.n_classes == 2
     assert model.config.history["steps"] == 3
     assert not model.network.training
+    # trained in channels-last (faster 3D convolutions), handed back in the default layout
+    assert all(t.is_contiguous() for t in model.network.state_dict().values())
+
+
+def test_three_dimensional_networks_run_channels_last():
+    from napari_medseg.device import memory_format_for
+    from napari_medseg.models import NetworkConfig, build_network
+
+    unet3d = build_network(NetworkConfig(arch="unet3d", in_channels=1, n_classes=2))
+    unet2d = build_network(NetworkConfig(arch="unet2d", in_channels=1, n_classes=2))
+    assert memory_format_for(unet3d) == torch.channels_last_3d
+    assert memory_format_for(unet2d) == torch.contiguous_format
 
 
 @pytest.mark.parametrize("arch", ["unet3d", "unet2d", "fcn"])
