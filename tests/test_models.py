@@ -224,8 +224,17 @@ def test_plan_anisotropic_thick_slices() -> None:
     assert kernels[0] == (1, 3, 3)
     assert len(kernels) == 4
     pools, kernels = plan_network((3.0, 1.0, 1.0), (32, 128, 128))
+    # z joins once the in-plane spacing is within 1.5x of it: after one in-plane pool
     assert pools == [(1, 2, 2), (2, 2, 2), (2, 2, 2)]
     assert kernels == [(1, 3, 3)] + [(3, 3, 3)] * 3
+    # 2.1 mm slices at 0.66 mm (breast1): 2.1 / 1.33 > 1.5, so z waits one more level
+    pools, kernels = plan_network((2.1, 0.664, 0.664), (20, 72, 40))
+    assert pools == [(1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    assert kernels == [(1, 3, 3)] * 2 + [(3, 3, 3)] * 2
+    # mildly anisotropic (1.3 <= 1.5): the paper's isotropic network
+    pools, kernels = plan_network((1.3, 1.0, 1.0), (32, 48, 48))
+    assert pools == [(2, 2, 2)] * 3
+    assert kernels == [(3, 3, 3)] * 4
 
 
 def test_plan_stops_pooling_small_axes() -> None:
