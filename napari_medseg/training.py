@@ -70,8 +70,8 @@ class TrainConfig:
         weighting on top over-segments) for a single structure, 0.5 for several, where it keeps
         the rare structures alive.
     augment : bool
-        On-the-fly augmentation: flips, in-plane right-angle rotations, intensity scale and
-        shift, elastic deformation.
+        On-the-fly augmentation (the paper's): flips, right-angle and small rotations,
+        scaling, intensity scale and shift, elastic deformation.
     elastic : bool
         Elastic deformation (with ``augment``).
     mixed_precision : bool
