@@ -459,3 +459,36 @@ class ConfigForm(QWidget):
         values = self.values()
         values.update(overrides)
         return self.cls(**values)
+
+
+def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
+    """The form of a ``TrainConfig``, as the Train and cross-validation sections show it.
+
+    Parameters
+    ----------
+    config_cls : type
+        The dataclass, :class:`napari_medseg.training.TrainConfig`.
+    basic : sequence of str
+        Fields shown up front; the others go under "Advanced".
+    """
+    return ConfigForm(
+        config_cls,
+        basic,
+        units={"time_budget": "s"},
+        none_text={
+            "time_budget": "no time limit",
+            "iterations": "no step limit",
+            "patch_shape": "chosen from the image size and spacing",
+            "base_channels": "8 on a CPU, 16 on a GPU",
+            "threads": "torch's default",
+        },
+        suggest={"iterations": 200, "patch_shape": (32, 64, 64), "base_channels": 16, "threads": 2},
+        limits={
+            "iterations": (1, 10**7),
+            "base_channels": (1, 256),
+            "batch_size": (1, 256),
+            "threads": (1, 256),
+            "patch_shape": (1, 4096),
+            "time_budget": (1, 10**6),
+        },
+    )

@@ -37,7 +37,7 @@ from ._common import (
     section_title,
     separator,
 )
-from ._forms import ConfigForm
+from ._forms import train_config_form
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
 from ._worker import StopSwitch, report_error, run_function, run_generator
 
@@ -348,22 +348,7 @@ class CrossValPanel(QWidget):
             "The painted slices showing a structure are split into this many groups; each "
             "fold trains without one group and is scored on it (at least one slice per fold)"
         )
-        self.form = ConfigForm(
-            TrainConfig,
-            CROSSVAL_BASIC,
-            units={"time_budget": "s"},
-            none_text={
-                "time_budget": "no time limit",
-                "iterations": "no step limit",
-                "patch_shape": "chosen from the image size and spacing",
-                "base_channels": "8 on a CPU, 16 on a GPU",
-                "threads": "torch's default",
-            },
-            suggest={"iterations": 200, "patch_shape": (32, 64, 64), "base_channels": 16,
-                     "threads": 2},
-            limits={"iterations": (1, 10**7), "base_channels": (1, 256), "batch_size": (1, 256),
-                    "threads": (1, 256), "patch_shape": (1, 4096), "time_budget": (1, 10**6)},
-        )
+        self.form = train_config_form(TrainConfig, CROSSVAL_BASIC)
         budget = self.form.editors["time_budget"].widget
         label = self.form.basic.form.labelForField(budget)
         if isinstance(label, QLabel):

@@ -17,7 +17,7 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QVBoxLayout, QWidget
 from ..annotation import validate_annotation
 from ..errors import MedsegInputError
 from ._common import ProgressRow, StatusLabel, button, form_layout, section_title, separator
-from ._forms import ConfigForm
+from ._forms import train_config_form
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
 from ._state import MODELS, ModelRegistry
 from ._worker import StopSwitch, report_error, run_function, run_generator
@@ -61,22 +61,7 @@ class TrainWidget(QWidget):
         self.annotation_picker = labels_picker(
             napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
         )
-        self.form = ConfigForm(
-            TrainConfig,
-            BASIC_FIELDS,
-            units={"time_budget": "s"},
-            none_text={
-                "time_budget": "no time limit",
-                "iterations": "no step limit",
-                "patch_shape": "chosen from the image size and spacing",
-                "base_channels": "8 on a CPU, 16 on a GPU",
-                "threads": "torch's default",
-            },
-            suggest={"iterations": 200, "patch_shape": (32, 64, 64), "base_channels": 16,
-                     "threads": 2},
-            limits={"iterations": (1, 10**7), "base_channels": (1, 256), "batch_size": (1, 256),
-                    "threads": (1, 256), "patch_shape": (1, 4096), "time_budget": (1, 10**6)},
-        )
+        self.form = train_config_form(TrainConfig, BASIC_FIELDS)
         self.train_button = button("Train", "Train a new model on the image and annotation")
         self.stop_button = button("Stop", "End training after the current step; keep the model")
         self.stop_button.setEnabled(False)
