@@ -66,9 +66,9 @@ class TrainConfig:
         Weight of the soft Dice term added to the cross-entropy (0 disables it).
     class_weight_power : float or None
         Cross-entropy class weights are ``(total / count) ** power`` over the annotated voxels.
-        ``None`` chooses: 0 (no weighting; patches are already drawn class-balanced, and
-        weighting on top over-segments) for a single structure, 0.5 for several, where it keeps
-        the rare structures alive.
+        ``None`` chooses from the annotation (:func:`default_class_weight_power`): 0 (no
+        weighting; patches are already drawn class-balanced, and weighting on top
+        over-segments), or 0.5 when one of several structures is barely painted.
     augment : bool
         On-the-fly augmentation (the paper's): flips, right-angle and small rotations,
         scaling, intensity scale and shift, elastic deformation.
@@ -188,6 +188,28 @@ def _patch_for(
     return (min(shape[0], 4), *in_plane)
 
 
+#: A structure with fewer painted voxels than this counts as rare (see
+#: :func:`default_class_weight_power`).
+RARE_STRUCTURE_VOXELS = 100
+
+
+def default_class_weight_power(counts: Sequence[int]) -> float:
+    """Loss-weighting power chosen from the painted voxel counts (background first).
+
+    Patches are already drawn class-balanced, and inverse-frequency weighting on top
+    over-segments; it pays only to keep a structure alive that is barely painted. So: 0 (no
+    weighting), unless there are several structures and one of them has fewer than
+    :data:`RARE_STRUCTURE_VOXELS` painted voxels, then 0.5 (inverse square-root frequency).
+    Measured at 60 s: two three-structure synthetic volumes (250-900 painted voxels per
+    structure) 0.819 and 0.707 Dice unweighted vs 0.683 and 0.478 weighted; the prostate
+    phantom (32 and 37 painted voxels for two structures) lost one of those unweighted.
+    """
+    structures = [int(c) for c in counts[1:]]
+    if len(structures) > 1 and min(structures) < RARE_STRUCTURE_VOXELS:
+        return 0.5
+    return 0.0
+
+
 def _lr_factor(fraction: float, step: int, warmup: int = 10) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -266,7 +288,7 @@ def train(
     )
     power = config.class_weight_power
     if power is None:
-        power = 0.0 if n_classes == 2 else 0.5
+        power = default_class_weight_power(counts)
     weights = class_weights_from_counts(counts, power=power)
     run = _Optimisation(config, net_config, device, weights)
     state = _RunState()

@@ -196,3 +196,11 @@ def test_two_dimensional_images_are_segmented():
         train(image[8], annotation[8], TrainConfig(iterations=2, time_budget=None, base_channels=4))
     )
     assert predict_volume(model, image[8]).labels.shape == image[8].shape
+
+
+def test_loss_weighting_is_chosen_from_the_painted_counts():
+    from napari_medseg.training import default_class_weight_power
+
+    assert default_class_weight_power([10_000, 61]) == 0.0  # one structure: never weighted
+    assert default_class_weight_power([27_000, 900, 340, 370]) == 0.0  # all well painted
+    assert default_class_weight_power([14_000, 32, 37, 520, 1777]) == 0.5  # barely painted
