@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from napari_medseg.augmentation import AugmentConfig, augment
-from napari_medseg.models import NetworkConfig, build_network
-from napari_medseg.models.planning import plan_network, plan_patch_shape
-from napari_medseg.training import BASE_CHANNELS, PATCH_VOXELS
+from napari_medseg.models import build_network
+from napari_medseg.models.planning import plan_patch_shape
+from napari_medseg.training import PATCH_VOXELS, TrainConfig, _network_config
 
 #: name -> (image shape, spacing), array order (z, y, x).
 SCANS = {
@@ -50,7 +50,8 @@ def main() -> int:
     rng = np.random.default_rng(0)
     for name, (shape, spacing) in SCANS.items():
         patch = plan_patch_shape(shape, spacing, PATCH_VOXELS["cpu"])
-        pools, kernels = plan_network(spacing, patch)
+        # the network training builds for this patch (widths, pooling, kernels)
+        net_config = _network_config(TrainConfig(), 2, spacing, patch, torch.device("cpu"))
         image = rng.standard_normal((1, *patch)).astype(np.float32)
         target = rng.integers(-1, 2, patch)
         augment_ms = _median_ms(
@@ -60,16 +61,7 @@ def main() -> int:
         step = []
         for layout in (torch.contiguous_format, torch.channels_last_3d):
             torch.manual_seed(0)
-            net = build_network(
-                NetworkConfig(
-                    arch="unet3d",
-                    in_channels=1,
-                    n_classes=2,
-                    base_channels=BASE_CHANNELS["cpu"],
-                    pool_sizes=pools,
-                    kernel_sizes=kernels,
-                )
-            ).to(memory_format=layout)
+            net = build_network(net_config).to(memory_format=layout)
             optimizer = torch.optim.AdamW(net.parameters(), 1e-3)
             x = torch.randn(2, 1, *patch).contiguous(memory_format=layout)
             y = torch.randint(0, 2, (2, *patch))
