@@ -70,10 +70,15 @@ class TrainConfig:
         weighting; patches are already drawn class-balanced, and weighting on top
         over-segments), or 0.5 when one of several structures is barely painted.
     augment : bool
-        On-the-fly augmentation (the paper's): flips, right-angle and small rotations,
-        scaling, intensity scale and shift, elastic deformation.
+        On-the-fly augmentation (the paper's): small rotations, scaling, intensity scale
+        and shift, elastic deformation; flips and right-angle rotations as ``flips`` says.
     elastic : bool
         Elastic deformation (with ``augment``).
+    flips : {"auto", "on", "off"}
+        Mirror flips and right-angle rotations (with ``augment``). ``auto``: on when one
+        structure is painted, off with several (:func:`default_flips`): a mirrored or
+        turned patch can swap which structure is which (left and right organs, structures
+        told apart by where they lie or which way they run).
     mixed_precision : bool
         Autocast on CUDA (and on CPUs with AMX); ignored elsewhere.
     threads : int or None
@@ -94,6 +99,7 @@ class TrainConfig:
     class_weight_power: float | None = None
     augment: bool = True
     elastic: bool = True
+    flips: Literal["auto", "on", "off"] = "auto"
     mixed_precision: bool = True
     threads: int | None = None
 
@@ -107,6 +113,8 @@ class TrainConfig:
             raise MedsegInputError("the time budget must be positive")
         if self.iterations is not None and self.iterations < 1:
             raise MedsegInputError("the iteration count must be at least 1")
+        if self.flips not in ("auto", "on", "off"):
+            raise MedsegInputError(f"flips must be auto, on or off, not {self.flips!r}")
         if (self.base_channels is not None and self.base_channels < 1) or self.batch_size < 1:
             raise MedsegInputError("base channels and batch size must be at least 1")
 
@@ -210,6 +218,19 @@ def default_class_weight_power(counts: Sequence[int]) -> float:
     return 0.0
 
 
+def default_flips(n_structures: int) -> bool:
+    """Whether ``flips="auto"`` mirrors and turns patches: only for a single structure.
+
+    Flips and right-angle rotations add views of a lone structure, but with several they
+    teach the network that a structure may sit on either side or run either way, and
+    structures are often told apart by exactly that. Measured with the 3D U-Net at 60 s:
+    the prostate phantom (4 structures) 0.697 and 0.695 Dice without them against 0.505
+    with; two three-structure synthetic volumes 0.905 and 0.931 against 0.876 and 0.671;
+    on brain1 (one tumour, 180 s) they are kept: 0.795 mean of 3 seeds with, 0.778 without.
+    """
+    return n_structures <= 1
+
+
 def _lr_factor(fraction: float, step: int, warmup: int = 10) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -290,6 +311,8 @@ def train(
     if power is None:
         power = default_class_weight_power(counts)
     weights = class_weights_from_counts(counts, power=power)
+    flips = default_flips(n_classes - 1) if config.flips == "auto" else config.flips == "on"
+    aug_config = AugmentConfig(elastic=config.elastic, flips=flips, rotate90=flips)
     run = _Optimisation(config, net_config, device, weights)
     state = _RunState()
 
@@ -308,7 +331,7 @@ def train(
         while (reason := _stop_reason(config, state, stop, time.perf_counter() - start)) is None:
             images, targets = sampler.batch(config.batch_size)
             if config.augment:
-                images, targets = _augment_batch(images, targets, rng, config, spacing_t)
+                images, targets = _augment_batch(images, targets, rng, aug_config, spacing_t)
             fraction = _fraction(config, state.step, time.perf_counter() - start)
             loss = run.step(
                 images, targets, config.learning_rate * _lr_factor(fraction, state.step)
@@ -336,6 +359,8 @@ def train(
         "stop_reason": state.stop_reason,
         "device": str(device),
         "class_voxel_counts": counts,
+        "class_weight_power": power,
+        "flips": flips,
     }
     model_config = ModelConfig(
         network=net_config,
@@ -372,8 +397,7 @@ def _stop_reason(
     return None
 
 
-def _augment_batch(images, targets, rng, config: TrainConfig, spacing):
-    aug_config = AugmentConfig(elastic=config.elastic)
+def _augment_batch(images, targets, rng, aug_config: AugmentConfig, spacing):
     pairs = [augment(i, t, rng, aug_config, spacing) for i, t in zip(images, targets)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 

@@ -204,3 +204,29 @@ def test_loss_weighting_is_chosen_from_the_painted_counts():
     assert default_class_weight_power([10_000, 61]) == 0.0  # one structure: never weighted
     assert default_class_weight_power([27_000, 900, 340, 370]) == 0.0  # all well painted
     assert default_class_weight_power([14_000, 32, 37, 520, 1777]) == 0.5  # barely painted
+
+
+@pytest.mark.parametrize(
+    ("structures", "setting", "expected"),
+    [(1, "auto", True), (2, "auto", False), (2, "on", True), (1, "off", False)],
+)
+def test_flips_are_used_for_a_lone_structure_only(monkeypatch, structures, setting, expected):
+    import napari_medseg.training as training
+
+    image, annotation, _ = _cube_case()
+    if structures == 2:
+        annotation[8, 1:4, 1:4] = 3  # a second structure painted on the axial slice
+    seen = []
+    real_augment = training.augment
+
+    def spy(image, target, rng, config, spacing):
+        seen.append((config.flips, config.rotate90))
+        return real_augment(image, target, rng, config, spacing)
+
+    monkeypatch.setattr(training, "augment", spy)
+    config = TrainConfig(iterations=2, time_budget=None, base_channels=4, flips=setting)
+    model = run_to_completion(train(image, annotation, config))
+    assert seen and set(seen) == {(expected, expected)}
+    assert model.config.history["flips"] is expected
+    with pytest.raises(MedsegInputError, match="flips"):
+        next(train(image, annotation, TrainConfig(iterations=1, flips="sometimes")))
