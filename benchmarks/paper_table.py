@@ -411,7 +411,33 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write every run and the summary as JSON (updated after each run)",
     )
+    parser.add_argument(
+        "--replace-in",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a --json-out file of an earlier run: the runs made now replace its runs of the "
+        "same case and configuration, and the merged table is printed (and written to "
+        "--json-out); for re-running only what a change of defaults touches",
+    )
     return parser
+
+
+def load_runs(path: Path) -> tuple[list[Run], list[str], list[str]]:
+    """The runs, cases and configurations of a ``--json-out`` file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        runs = [Run(**run) for run in data["runs"]]
+        return runs, list(data["cases"]), list(data["configs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MedsegInputError(f"{path}: not a paper_table.py JSON file ({exc})") from exc
+
+
+def merge_runs(old: Sequence[Run], new: Sequence[Run]) -> list[Run]:
+    """``old`` with every run of a (case, configuration) in ``new`` replaced by it."""
+    fresh = {(r.case, r.config): r for r in new}
+    kept = [fresh.pop((r.case, r.config), r) for r in old]
+    return [*kept, *fresh.values()]
 
 
 def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = print) -> int:
@@ -422,7 +448,10 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
         return 2
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["python", "benchmarks/paper_table.py", *arguments])
+    earlier: tuple[list[Run], list[str], list[str]] = ([], [], [])
     try:
+        if args.replace_in is not None:
+            earlier = load_runs(args.replace_in)
         machine = machine_info(args.device)
         loaded = [load_case(name) for name in args.cases]
     except MedsegInputError as exc:
@@ -450,14 +479,16 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
 
     runs: list[Run] = []
     todo = [(case, config) for config in args.configs for case in loaded]
+    cases = list(dict.fromkeys([*earlier[1], *args.cases]))
+    configs = [c for c in CONFIGS if c in {*earlier[2], *args.configs}]
     payload: dict[str, Any] = {
         "command": command,
         "started": started,
         "machine": machine,
         "budget_seconds": args.budget,
         "seed": args.seed,
-        "cases": list(args.cases),
-        "configs": list(args.configs),
+        "cases": cases,
+        "configs": configs,
         "paper_iou": PAPER_IOU,
         "complete": False,
         "runs": [],
@@ -474,12 +505,15 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
             file=sys.stderr,
         )
         if args.json_out is not None:
-            payload["runs"] = [r.to_dict() for r in runs]
-            payload["summary"] = summary(runs, args.configs)
+            merged = merge_runs(earlier[0], runs)
+            payload["runs"] = [r.to_dict() for r in merged]
+            payload["summary"] = summary(merged, configs)
             payload["complete"] = number == len(todo)
             _write_json(args.json_out, payload)
 
-    print_fn(format_tables(runs, [c.name for c in loaded], args.configs))
+    if args.replace_in is not None:
+        print_fn(f"(runs of this command replace theirs in {args.replace_in})")
+    print_fn(format_tables(merge_runs(earlier[0], runs), cases, configs))
     if args.json_out is not None:
         print_fn(f"\nwrote {args.json_out}")
     return 0

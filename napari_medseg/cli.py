@@ -46,6 +46,17 @@ def _train_config(args: argparse.Namespace):
         device=args.device,
         seed=args.seed,
         base_channels=getattr(args, "base_channels", None),
+        flips=getattr(args, "flips", "auto"),
+    )
+
+
+def _add_flips_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--flips",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="flip and turn training patches by right angles (auto: only when one structure "
+        "is painted, since with several a mirror image can swap them)",
     )
 
 
@@ -216,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
+    _add_flips_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment an image with a trained model")
@@ -288,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_flips_option(p)
     p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("gui", help="open napari with the plugin's widgets docked")

@@ -360,3 +360,15 @@ def test_output_into_a_missing_folder(pipeline, capsys, tmp_path):
 
 def test_intensity_image_given_as_expert_mask(case, capsys):
     refused(capsys, ["evaluate", str(case["expert"]), str(case["image"])], "label")
+
+
+def test_flips_option_reaches_training(case, tmp_path, capsys):
+    model_path = tmp_path / "noflips.safetensors"
+    args = ["train", str(case["image"]), str(case["annotation"]), "--out", str(model_path),
+            "--iterations", "1", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--flips", "off"]) == 0
+    assert load_model(model_path).config.history["flips"] is False  # one structure: auto is on
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--flips", "sometimes"])
+    assert exc.value.code == 2
+    assert "--flips" in capsys.readouterr().err
