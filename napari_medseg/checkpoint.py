@@ -221,20 +221,24 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
     if size > MAX_MODEL_BYTES:
         raise UnsafeFileError(f"{path.name}: {size} bytes is too large for a napari-medseg model")
     with open(path, "rb") as handle:
-        head = handle.read(8)
-        if any(head.startswith(magic) for magic in _PICKLE_MAGIC):
+        head = handle.read(9)
+        header_len = int.from_bytes(head[:8], "little")
+        # A safetensors file: 8-byte little-endian header length, then a JSON object. Test
+        # that first: the length's first byte may equal a pickle magic byte (0x80).
+        plausible = len(head) == 9 and head[8:] == b"{"
+        plausible = plausible and 0 < header_len <= min(size - 8, 100 * 1024**2)
+        if not plausible and any(head.startswith(magic) for magic in _PICKLE_MAGIC):
             raise UnsafeFileError(
                 f"{path.name} is a pickle-based PyTorch file; napari-medseg only loads "
                 "safetensors models, because unpickling can run arbitrary code"
             )
-        if len(head) < 8:
+        if len(head) < 9:
             raise MedsegInputError(f"{path.name}: not a napari-medseg model (file too short)")
-        header_len = int.from_bytes(head, "little")
-        if header_len <= 0 or header_len > min(size - 8, 100 * 1024**2):
+        if not plausible:
             raise MedsegInputError(
                 f"{path.name}: not a napari-medseg model (no safetensors header)"
             )
-        raw = handle.read(header_len)
+        raw = head[8:] + handle.read(header_len - 1)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -399,3 +399,17 @@ def test_model_trained_without_class_names_calls_class_0_background(tmp_path):
     saved = load_model(save_model(tmp_path / "unnamed.safetensors", unnamed))
     assert saved.config.class_names[0] == "background"
     assert len(saved.config.class_names) == 2
+
+
+def test_header_length_starting_with_the_pickle_byte_still_loads(saved):
+    """A header length whose first byte is 0x80 (pickle's magic byte) is a valid model."""
+    with safe_open(str(saved), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = dict(handle.metadata())
+    for pad in range(0, 512, 4):
+        save_file(tensors, str(saved), metadata={**metadata, "padding": "x" * pad})
+        if saved.read_bytes()[0] == 0x80:
+            break
+    assert saved.read_bytes()[0] == 0x80
+    loaded = load_model(saved)
+    assert loaded.config.class_names == ["background", "cube"]
