@@ -227,7 +227,7 @@ def default_flips(n_structures: int) -> bool:
     the prostate phantom (4 structures) 0.697 and 0.695 Dice without them against 0.505
     with; two three-structure synthetic volumes 0.912 and 0.933 against 0.876 and 0.671;
     with one structure they help: breast1 at 60 s 0.792 mean of 3 seeds with, 0.575 without;
-    brain1 at 180 s 0.795 with, 0.778 without.
+    brain1 at 180 s (seeds 0-2) 0.795 with, 0.778 without.
     """
     return n_structures <= 1
 
