@@ -480,7 +480,7 @@ def main(argv: Sequence[str] | None = None, print_fn: Callable[[str], None] = pr
     runs: list[Run] = []
     todo = [(case, config) for config in args.configs for case in loaded]
     cases = list(dict.fromkeys([*earlier[1], *args.cases]))
-    configs = [c for c in CONFIGS if c in {*earlier[2], *args.configs}]
+    configs = list(dict.fromkeys([*earlier[2], *args.configs]))
     payload: dict[str, Any] = {
         "command": command,
         "started": started,

@@ -46,7 +46,7 @@ def _train_config(args: argparse.Namespace):
         device=args.device,
         seed=args.seed,
         base_channels=getattr(args, "base_channels", None),
-        flips=getattr(args, "flips", "auto"),
+        flips=args.flips,
     )
 
 

@@ -125,6 +125,8 @@ def test_training_refuses_bad_input_before_starting():
         next(train(image, annotation, TrainConfig(iterations=None, time_budget=None)))
     with pytest.raises(MedsegInputError, match="device"):
         next(train(image, annotation, TrainConfig(iterations=1, device="tpu")))
+    with pytest.raises(MedsegInputError, match="flips"):
+        next(train(image, annotation, TrainConfig(iterations=1, flips="sometimes")))
 
 
 def test_tiled_prediction_matches_whole_volume_and_yields_each_tile(tmp_path):
@@ -228,5 +230,3 @@ def test_flips_are_used_for_a_lone_structure_only(monkeypatch, structures, setti
     model = run_to_completion(train(image, annotation, config))
     assert seen and set(seen) == {(expected, expected)}
     assert model.config.history["flips"] is expected
-    with pytest.raises(MedsegInputError, match="flips"):
-        next(train(image, annotation, TrainConfig(iterations=1, flips="sometimes")))
