@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="width of the network's first level (default: 8 on a CPU, 16 on a GPU)",
+        help="width of the network's first level (default: 8)",
     )
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -89,23 +89,30 @@ class AnnotatedPatchSampler:
         idx = np.flatnonzero(inside.reshape(-1) & (flat == 0))
         return idx if idx.size else None
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """Draw one ``(image_patch, target_patch)`` pair (copies)."""
-        cls = self.classes[int(self.rng.integers(len(self.classes)))]
+    def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one ``(image_patch, target_patch)`` pair (copies).
+
+        ``rng`` replaces the sampler's own generator for this draw; the sampler's state is
+        only read, so threads may draw at once, each with its own generator.
+        """
+        rng = self.rng if rng is None else rng
+        cls = self.classes[int(rng.integers(len(self.classes)))]
         points = self.points[cls]
-        if cls == 0 and self.focus_points is not None and self.rng.random() < 0.5:
+        if cls == 0 and self.focus_points is not None and rng.random() < 0.5:
             points = self.focus_points
-        flat_index = points[int(self.rng.integers(points.size))]
+        flat_index = points[int(rng.integers(points.size))]
         centre = np.unravel_index(flat_index, self.target.shape)
         slices = []
         for c, p, s in zip(centre, self.patch_shape, self.target.shape):
-            jitter = int(self.rng.integers(-(p // 3), p // 3 + 1)) if p > 2 else 0
+            jitter = int(rng.integers(-(p // 3), p // 3 + 1)) if p > 2 else 0
             start = int(np.clip(c - p // 2 + jitter, 0, s - p))
             slices.append(slice(start, start + p))
         region = tuple(slices)
         return self.image[(slice(None), *region)].copy(), self.target[region].copy()
 
-    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+    def batch(
+        self, size: int, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``size`` patches stacked as ``(N, C, *patch)`` and ``(N, *patch)``."""
-        pairs = [self.sample() for _ in range(size)]
+        pairs = [self.sample(rng) for _ in range(size)]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

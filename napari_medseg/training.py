@@ -9,6 +9,7 @@ progress bar, napari with ``thread_worker``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import threading
 import time
@@ -21,6 +22,7 @@ import torch
 
 from .annotation import annotation_to_target, validate_annotation
 from .augmentation import AugmentConfig, augment
+from .batches import PrefetchedBatches, SerialBatches, default_workers
 from .checkpoint import ModelConfig, TrainedModel
 from .device import autocast_dtype, memory_format_for, resolve_device
 from .errors import MedsegInputError
@@ -52,8 +54,8 @@ class TrainConfig:
     seed : int
         Seed of every random choice (patches, augmentation, initial weights).
     base_channels : int or None
-        Width of the first level; deeper levels double it. ``None``: 8 on a CPU (a laptop
-        trains it in minutes), 16 on a GPU.
+        Width of the first level; deeper levels double it. ``None``: 8 (:data:`BASE_CHANNELS`;
+        a laptop trains it in minutes, and a GPU did no better with 16).
     batch_norm : bool
         Batch normalisation after every convolution (the paper's choice).
     patch_shape : tuple of int or None
@@ -82,7 +84,14 @@ class TrainConfig:
     mixed_precision : bool
         Autocast on CUDA (and on CPUs with AMX); ignored elsewhere.
     threads : int or None
-        CPU threads for torch; ``None`` leaves torch's setting.
+        CPU threads for torch during training (restored afterwards). ``None``: torch's
+        setting on a CPU; at most 4 on a GPU with batch workers, which need the cores.
+    batch_workers : int or None
+        Threads that draw and augment batches ahead of the step. ``None``: none on a CPU
+        (torch's step already uses every core), all cores but one (up to 16) on a GPU,
+        where augmenting on the training thread would leave the GPU idle most of the time
+        (:func:`napari_medseg.batches.default_workers`). ``0`` makes batches on the training
+        thread.
     """
 
     arch: Arch = "unet3d"
@@ -102,6 +111,7 @@ class TrainConfig:
     flips: Literal["auto", "on", "off"] = "auto"
     mixed_precision: bool = True
     threads: int | None = None
+    batch_workers: int | None = None
 
     def check(self) -> None:
         """Raise :class:`MedsegInputError` for settings that cannot work."""
@@ -117,6 +127,8 @@ class TrainConfig:
             raise MedsegInputError(f"flips must be auto, on or off, not {self.flips!r}")
         if (self.base_channels is not None and self.base_channels < 1) or self.batch_size < 1:
             raise MedsegInputError("base channels and batch size must be at least 1")
+        if self.batch_workers is not None and self.batch_workers < 0:
+            raise MedsegInputError("batch workers cannot be negative")
 
 
 @dataclass
@@ -179,18 +191,22 @@ def _default_class_names(n_classes: int, class_names: Sequence[str] | None) -> l
     return names
 
 
-#: Training patch size (voxels) per device type: a CPU step must stay well under a second.
-PATCH_VOXELS = {"cpu": 32 * 48 * 48, "mps": 64 * 64 * 64, "cuda": 96 * 96 * 96}
-BASE_CHANNELS = {"cpu": 8, "mps": 16, "cuda": 16}
+#: Voxels in a 3D U-Net training patch, and the width of its first level, on every device.
+#: A CPU step stays well under a second. A GPU gets the same network and patches and spends
+#: its speed on more steps: 96^3-voxel patches and width 16 on an H100 (brain1 at 60 s, seeds
+#: 0-2) gave tumour Dice 0.38, 0.66 and 0.40, these gave 0.74, 0.76, 0.65 and 0.77 (seeds
+#: 0-3); breast1 (45 s) leant the other way, 0.69 and 0.57 against 0.55 and 0.42
+#: (``benchmarks/results/gpu_patch_variants.jsonl``). One plan also means a seed gives the
+#: same network on a laptop and on a GPU.
+PATCH_VOXELS = 32 * 48 * 48
+BASE_CHANNELS = 8
 
 
-def _patch_for(
-    config: TrainConfig, shape: tuple[int, ...], spacing: tuple[float, ...], device: torch.device
-):
+def _patch_for(config: TrainConfig, shape: tuple[int, ...], spacing: tuple[float, ...]):
     if config.patch_shape is not None:
         return tuple(int(p) for p in config.patch_shape)
     if config.arch == "unet3d":
-        return plan_patch_shape(shape, spacing, budget_voxels=PATCH_VOXELS[device.type])
+        return plan_patch_shape(shape, spacing, budget_voxels=PATCH_VOXELS)
     # 2D networks: wide in-plane patches, a few slices folded into the batch.
     in_plane = tuple(min(s, 128) for s in shape[1:])
     return (min(shape[0], 4), *in_plane)
@@ -297,14 +313,12 @@ def train(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
 
     normalization = IntensityNormalization.fit(image)
     target = annotation_to_target(annotation)
     counts = [int(np.count_nonzero(target == c)) for c in range(n_classes)]
-    patch_shape = _patch_for(config, image.shape, spacing_t, device)
-    net_config = _network_config(config, n_classes, spacing_t, patch_shape, device)
+    patch_shape = _patch_for(config, image.shape, spacing_t)
+    net_config = _network_config(config, n_classes, spacing_t, patch_shape)
     sampler = AnnotatedPatchSampler(
         normalization.apply(image)[np.newaxis], target, patch_shape, rng
     )
@@ -316,6 +330,17 @@ def train(
     aug_config = AugmentConfig(elastic=config.elastic, flips=flips, rotate90=flips)
     run = _Optimisation(config, net_config, device, weights)
     state = _RunState()
+    workers = config.batch_workers
+    if workers is None:
+        workers = default_workers(device.type)
+    make = functools.partial(
+        _make_batch, sampler, config.batch_size, aug_config if config.augment else None, spacing_t
+    )
+    threads = config.threads or _gpu_torch_threads(device, workers)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    batches = PrefetchedBatches(make, rng, workers) if workers else SerialBatches(make, rng)
 
     def progress(loss: float, message: str = "") -> TrainProgress:
         elapsed = time.perf_counter() - start
@@ -330,9 +355,7 @@ def train(
 
     try:
         while (reason := _stop_reason(config, state, stop, time.perf_counter() - start)) is None:
-            images, targets = sampler.batch(config.batch_size)
-            if config.augment:
-                images, targets = _augment_batch(images, targets, rng, aug_config, spacing_t)
+            images, targets = batches.next()
             fraction = _fraction(config, state.step, time.perf_counter() - start)
             loss = run.step(
                 images, targets, config.learning_rate * _lr_factor(fraction, state.step)
@@ -351,7 +374,9 @@ def train(
         else:
             state.stop_reason = reason
     finally:
+        batches.close()
         run.release()
+        torch.set_num_threads(previous_threads)
 
     history = {
         "steps": state.step,
@@ -362,6 +387,7 @@ def train(
         "class_voxel_counts": counts,
         "class_weight_power": power,
         "flips": flips,
+        "batch_workers": workers,
     }
     model_config = ModelConfig(
         network=net_config,
@@ -398,7 +424,30 @@ def _stop_reason(
     return None
 
 
-def _augment_batch(images, targets, rng, aug_config: AugmentConfig, spacing):
+#: torch's CPU threads while a GPU trains with batch workers: its own CPU work is small, and
+#: a thread per core beside the workers slowed a step from 14 to 25 ms (H100, 16 cores,
+#: brain1, 10 x 80 x 80 patches).
+GPU_TORCH_THREADS = 4
+
+
+def _gpu_torch_threads(device: torch.device, workers: int) -> int | None:
+    """torch's CPU threads for a run on ``device`` (``None``: leave them as they are)."""
+    if device.type == "cpu" or not workers:
+        return None
+    return min(GPU_TORCH_THREADS, torch.get_num_threads())
+
+
+def _make_batch(
+    sampler: AnnotatedPatchSampler,
+    size: int,
+    aug_config: AugmentConfig | None,
+    spacing: tuple[float, ...],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``size`` patches and augment them (``aug_config`` None: as drawn)."""
+    images, targets = sampler.batch(size, rng)
+    if aug_config is None:
+        return images, targets
     pairs = [augment(i, t, rng, aug_config, spacing) for i, t in zip(images, targets)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
@@ -408,7 +457,6 @@ def _network_config(
     n_classes: int,
     spacing: tuple[float, ...],
     patch_shape: tuple[int, ...],
-    device: torch.device,
 ) -> NetworkConfig:
     pool_sizes, kernel_sizes = (None, None)
     if config.arch == "unet3d":
@@ -417,7 +465,7 @@ def _network_config(
         arch=config.arch,
         in_channels=1,
         n_classes=n_classes,
-        base_channels=config.base_channels or BASE_CHANNELS[device.type],
+        base_channels=config.base_channels or BASE_CHANNELS,
         batch_norm=config.batch_norm,
         pool_sizes=pool_sizes,
         kernel_sizes=kernel_sizes,

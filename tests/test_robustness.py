@@ -713,8 +713,8 @@ def test_training_uses_a_snapshot_of_the_annotation_and_image(monkeypatch):
             assert not np.shares_memory(norm_image, image)
             super().__init__(norm_image, target, *args, **kwargs)
 
-        def batch(self, size):
-            images, targets = super().batch(size)
+        def batch(self, size, rng=None):
+            images, targets = super().batch(size, rng)
             targets_seen.append(np.asarray(targets).copy())
             return images, targets
 

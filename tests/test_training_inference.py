@@ -127,6 +127,8 @@ def test_training_refuses_bad_input_before_starting():
         next(train(image, annotation, TrainConfig(iterations=1, device="tpu")))
     with pytest.raises(MedsegInputError, match="flips"):
         next(train(image, annotation, TrainConfig(iterations=1, flips="sometimes")))
+    with pytest.raises(MedsegInputError, match="batch workers"):
+        next(train(image, annotation, TrainConfig(iterations=1, batch_workers=-1)))
 
 
 def test_tiled_prediction_matches_whole_volume_and_yields_each_tile(tmp_path):
@@ -230,3 +232,14 @@ def test_flips_are_used_for_a_lone_structure_only(monkeypatch, structures, setti
     model = run_to_completion(train(image, annotation, config))
     assert seen and set(seen) == {(expected, expected)}
     assert model.config.history["flips"] is expected
+
+
+def test_torch_threads_are_restored_after_training():
+    image, annotation, _ = _cube_case()
+    before = torch.get_num_threads()
+    config = TrainConfig(iterations=2, time_budget=None, base_channels=4, threads=1)
+    seen = []
+    for _ in train(image, annotation, config):
+        seen.append(torch.get_num_threads())
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
