@@ -162,3 +162,39 @@ def mark_outside_box_background(annotation: np.ndarray, box: Sequence[tuple[int,
     change = outside & (annotation == UNKNOWN)
     annotation[change] = BACKGROUND
     return int(change.sum())
+
+
+def slices_to_paint(
+    uncertainty: np.ndarray,
+    annotation: np.ndarray | None = None,
+    axis: int = 0,
+    count: int = 3,
+) -> list[int]:
+    """The slices where painting next would settle the most: most uncertainty left unpainted.
+
+    Each slice along ``axis`` scores the sum of ``uncertainty`` over its voxels that
+    ``annotation`` leaves at 0 (all voxels without an annotation), so painted slices score
+    nothing. Returns at most ``count`` slice indices, best first, with a positive score.
+
+    Parameters
+    ----------
+    uncertainty : np.ndarray
+        Per-voxel uncertainty (e.g. ``Prediction.uncertainty``), 2D or 3D.
+    annotation : np.ndarray, optional
+        Sparse annotation of the same shape (``0`` = not annotated).
+    axis : int
+        The axis the slices are taken across (0: axial for ``(z, y, x)``).
+    count : int
+        How many slices to suggest.
+    """
+    weights = np.asarray(uncertainty, dtype=np.float64)
+    if annotation is not None:
+        if np.shape(annotation) != weights.shape:
+            raise MedsegInputError(
+                f"annotation shape {np.shape(annotation)} differs from {weights.shape}"
+            )
+        weights = np.where(np.asarray(annotation) == 0, weights, 0.0)
+    other = tuple(a for a in range(weights.ndim) if a != axis)
+    scores = weights.sum(axis=other)
+    order = np.argsort(-scores, kind="stable")
+    return [int(k) for k in order[:count] if scores[k] > 0]

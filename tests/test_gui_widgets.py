@@ -268,12 +268,16 @@ def test_predict_lists_models_from_registry(synthetic_viewer, models):
     widget = _dock(synthetic_viewer, PredictWidget)
     assert widget.model_combo.count() == 0
     config = SimpleNamespace(class_names=["background", "tube"], spacing=(2.0, 1.0, 1.0),
-                             arch="unet3d", history={"steps": 3})
+                             arch="unet3d", history={"steps": 3},
+                             network=SimpleNamespace(members=1))
     models.add("first", SimpleNamespace(config=config))
     models.add("second", SimpleNamespace(config=config))
     assert [widget.model_combo.itemText(i) for i in range(2)] == ["first", "second"]
     assert widget.model_combo.currentText() == "second"  # newest is chosen
     assert widget.model_info.text() == "unet3d · tube · 2 × 1 × 1 mm · 3 steps"
+    ensemble = SimpleNamespace(**{**config.__dict__, "network": SimpleNamespace(members=3)})
+    models.add("third", SimpleNamespace(config=ensemble))
+    assert widget.model_info.text().startswith("3 × unet3d (ensemble) · tube")
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -138,6 +138,36 @@ def test_probabilities_layers(synthetic_viewer, widgets, qtbot, models):
     np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
 
 
+def test_ensemble_model_shows_where_its_networks_disagree(synthetic_viewer, widgets, qtbot, models):
+    train, predict = widgets[1], widgets[2]
+    single = _train_model(train, qtbot, models, iterations=2)
+    predict.select_model(single.name)
+    uncertainty = predict.form.editors["uncertainty"]
+    assert not uncertainty.widget.isEnabled()  # one network: nothing to compare
+    assert "ensemble" in uncertainty.widget.toolTip()
+
+    entry = _train_model(train, qtbot, models, iterations=2, ensemble=2)
+    assert entry.name.startswith("2 × unet3d")
+    assert entry.model.config.history["member_steps"] == [2, 2]
+    predict.select_model(entry.name)
+    assert uncertainty.widget.isEnabled()
+    predict.form.set_values(uncertainty=True, device="cpu")
+    assert predict.start_prediction() is True
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
+    layer = synthetic_viewer.layers["synthetic uncertainty"]
+    assert layer.data.shape == (16, 32, 32) and predict.uncertainty_layer.name == layer.name
+    assert 0.0 <= float(layer.data.min()) and float(layer.data.max()) <= 1.0
+    np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
+    # the status names the slices to paint next, none of them already painted in full
+    annotation = synthetic_viewer.layers["synthetic annotation"].data
+    assert predict.suggested_slices
+    assert all((annotation[k] == 0).any() for k in predict.suggested_slices)
+    assert "paint one of them next" in predict.status.text()
+
+    predict.select_model(single.name)  # back to one network: the box is cleared
+    assert predict.form.values()["uncertainty"] is False
+
+
 def test_save_and_load_model(synthetic_viewer, widgets, qtbot, models, tmp_path):
     train, predict = widgets[1], widgets[2]
     _train_model(train, qtbot, models, iterations=2)

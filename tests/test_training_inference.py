@@ -177,11 +177,11 @@ def test_cuda_out_of_memory_retries_with_smaller_tiles(monkeypatch):
     real = inference._forward
     seen = []
 
-    def oom_for_big_tiles(network, x, amp, mirror):
+    def oom_for_big_tiles(network, x, amp, mirror, uncertainty=False):
         seen.append(tuple(x.shape[2:]))
         if x.shape[-1] > 12:
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real(network, x, amp, mirror)
+        return real(network, x, amp, mirror, uncertainty)
 
     monkeypatch.setattr(inference, "_forward", oom_for_big_tiles)
     messages = []

@@ -496,6 +496,7 @@ def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
             "batch_size": (1, 256),
             "threads": (1, 256),
             "batch_workers": (0, 256),
+            "ensemble": (1, 10),
             "patch_shape": (1, 4096),
             "time_budget": (1, 10**6),
         },

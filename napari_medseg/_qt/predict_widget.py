@@ -39,7 +39,12 @@ from ._layers import (
 from ._state import MODELS, ModelEntry, ModelRegistry
 from ._worker import StopSwitch, report_error, run_function, run_generator
 
-BASIC_FIELDS = ("device", "overlap", "probabilities")
+BASIC_FIELDS = ("device", "overlap", "probabilities", "uncertainty")
+UNCERTAINTY_TIP = (
+    "Show where the ensemble's networks disagree: the places where painting another slice "
+    "helps most"
+)
+NO_ENSEMBLE_TIP = "Needs a model trained as an ensemble (2 · Train · Advanced · Ensemble ≥ 2)"
 MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
 SEGMENTATION_FILE_FILTER = (
     "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha *.mhd);;TIFF (*.tif *.tiff);;"
@@ -48,6 +53,11 @@ SEGMENTATION_FILE_FILTER = (
 STOPPED_SUFFIX = " (stopped)"
 #: At most one redraw of the growing segmentation per this many seconds (tiles can be fast).
 REFRESH_INTERVAL_S = 0.1
+
+
+def _members(config: Any) -> int:
+    """How many networks a model's config holds (1 unless it is an ensemble)."""
+    return int(getattr(getattr(config, "network", None), "members", 1))
 
 
 def describe_model(entry: ModelEntry) -> str:
@@ -59,7 +69,9 @@ def describe_model(entry: ModelEntry) -> str:
     steps = history.get("steps")
     trained = f" · {steps} steps" if steps is not None else ""
     source = "" if entry.source == "trained" else f" · from {Path(entry.source).name}"
-    return f"{config.arch} · {', '.join(names)} · {spacing} mm{trained}{source}"
+    members = _members(config)
+    arch = config.arch if members == 1 else f"{members} × {config.arch} (ensemble)"
+    return f"{arch} · {', '.join(names)} · {spacing} mm{trained}{source}"
 
 
 def keep_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
@@ -99,6 +111,8 @@ class PredictWidget(QWidget):
         self.worker: Any = None
         self.result_layer: Labels | None = None
         self.probability_layers: list[Image] = []
+        self.uncertainty_layer: Image | None = None
+        self.suggested_slices: list[int] = []
         self.tiles_shown = 0
         self.redraws = 0
         self.kept_voxels = 0
@@ -215,6 +229,13 @@ class PredictWidget(QWidget):
         entry = self.selected_model()
         self.model_info.setText(describe_model(entry) if entry is not None else "")
         self.model_info.setVisible(entry is not None)
+        # disagreement needs several networks: offered for ensembles only
+        editor = self.form.editors["uncertainty"]
+        ensemble = entry is not None and _members(entry.model.config) > 1
+        if not ensemble:
+            editor.set(False)
+        editor.widget.setEnabled(ensemble)
+        editor.widget.setToolTip(UNCERTAINTY_TIP if ensemble else NO_ENSEMBLE_TIP)
 
     def load_model_dialog(self) -> None:
         """Ask for a model file and load it."""
@@ -333,6 +354,7 @@ class PredictWidget(QWidget):
         self._annotation_layer = annotation_layer
         self._class_names = list(entry.model.config.class_names[1:])
         self.kept_voxels = 0
+        self.suggested_slices = []
         self.tiles_shown = 0
         self.redraws = 0
         self._last_redraw = 0.0
@@ -406,6 +428,8 @@ class PredictWidget(QWidget):
             self.save_button.setEnabled(True)
             if prediction.probabilities is not None:
                 self._show_probabilities(np.asarray(prediction.probabilities))
+            if prediction.uncertainty is not None:
+                self._show_uncertainty(np.asarray(prediction.uncertainty))
         else:
             layer.refresh()
             layer.name = self._base_name + STOPPED_SUFFIX
@@ -461,6 +485,46 @@ class PredictWidget(QWidget):
                     **geometry_kwargs(image_layer),
                 )
             self.probability_layers.append(layer)
+
+    def _show_uncertainty(self, uncertainty: np.ndarray) -> None:
+        """An image layer of the networks' disagreement, and the slices to paint next."""
+        from ..annotation import slices_to_paint
+
+        image_layer = self._image_layer
+        if uncertainty.ndim == image_layer.ndim + 1:
+            uncertainty = uncertainty[0]
+        name = f"{image_layer.name} uncertainty"
+        top = max(0.05, float(uncertainty.max(initial=0.0)))
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
+            layer = self.viewer.layers[name]
+            layer.data = uncertainty
+            layer.contrast_limits = (0.0, top)
+        else:
+            layer = self.viewer.add_image(
+                uncertainty,
+                name=name,
+                colormap="inferno",
+                contrast_limits=(0.0, top),
+                blending="additive",
+                opacity=0.7,
+                **geometry_kwargs(image_layer),
+            )
+        self.uncertainty_layer = layer
+        if uncertainty.ndim != 3:
+            return
+        annotation = None
+        annotation_layer = self.annotation_picker.layer()
+        if annotation_layer is not None and annotation_layer in self.viewer.layers:
+            annotation = layer_array(annotation_layer)
+            if annotation.shape != uncertainty.shape:
+                annotation = None
+        self.suggested_slices = slices_to_paint(uncertainty, annotation, axis=0, count=3)
+        if self.suggested_slices:
+            listed = ", ".join(str(k) for k in self.suggested_slices)
+            self.status.info(
+                f"{self.status.text()} · networks disagree most on axial slices {listed}: "
+                "paint one of them next"
+            )
 
     def _on_error(self, exc: BaseException) -> None:
         if self._layer_alive():

@@ -174,9 +174,11 @@ class TrainWidget(QWidget):
     def _on_model(self, model: Any) -> None:
         self.model = model
         stamp = time.strftime("%H:%M:%S")
-        entry = self.registry.add(f"{self._arch} · {self._image_name} · {stamp}", model)
-        self.model_name = entry.name
         history = getattr(model.config, "history", {}) or {}
+        members = history.get("ensemble", 1)
+        arch = self._arch if members == 1 else f"{members} × {self._arch}"
+        entry = self.registry.add(f"{arch} · {self._image_name} · {stamp}", model)
+        self.model_name = entry.name
         steps = history.get("steps", "?")
         loss = history.get("final_loss")
         reason = history.get("stop_reason", "finished")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from torch import nn
 
 from ..errors import MedsegInputError
 from .blocks import Triple
+from .ensemble import Ensemble
 from .fcn import FCN2D
 from .unet2d import UNet2D
 from .unet3d import UNet3D, resolve_pools_kernels
@@ -70,6 +71,9 @@ class NetworkConfig:
         (default ``(3, 3, 3)``).
     dropout : float
         Channel-dropout probability at the coarsest level, in ``[0, 1)``.
+    members : int
+        Networks of this configuration trained independently and applied as one
+        (:class:`~napari_medseg.models.ensemble.Ensemble`); 1 is a single network.
 
     Raises
     ------
@@ -86,13 +90,14 @@ class NetworkConfig:
     pool_sizes: list[Triple] | None = None
     kernel_sizes: list[Triple] | None = None
     dropout: float = 0.0
+    members: int = 1
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise MedsegInputError(
                 f"unknown network arch {self.arch!r}; expected one of {', '.join(ARCHS)}"
             )
-        for name in ("in_channels", "n_classes", "base_channels"):
+        for name in ("in_channels", "n_classes", "base_channels", "members"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -160,10 +165,14 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
     Returns
     -------
     torch.nn.Module
-        Maps ``(N, in_channels, D, H, W)`` to logits ``(N, n_classes, D, H, W)``. It has a
+        Maps ``(N, in_channels, D, H, W)`` to logits ``(N, n_classes, D, H, W)`` (an
+        :class:`Ensemble` when ``cfg.members > 1``: log mean probabilities). It has a
         ``divisor`` attribute: the multiple its padded input needs per axis
         (2D networks: ``(H, W)`` only; see :func:`planning.required_divisor`).
     """
+    if cfg.members > 1:
+        single = replace(cfg, members=1)
+        return Ensemble([build_network(single) for _ in range(cfg.members)])
     common = dict(
         in_channels=cfg.in_channels,
         n_classes=cfg.n_classes,
@@ -188,6 +197,7 @@ def count_parameters(module: nn.Module) -> int:
 __all__ = [
     "ARCHS",
     "FCN2D",
+    "Ensemble",
     "NetworkConfig",
     "UNet2D",
     "UNet3D",
