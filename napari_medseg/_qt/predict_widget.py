@@ -44,6 +44,8 @@ UNCERTAINTY_TIP = (
     "Show where the ensemble's networks disagree: the places where painting another slice "
     "helps most"
 )
+#: Disagreement shown black (so hidden by additive blending): the networks all but agree.
+UNCERTAINTY_FLOOR = 0.05
 NO_ENSEMBLE_TIP = "Needs a model trained as an ensemble (2 · Train · Advanced · Ensemble ≥ 2)"
 MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
 SEGMENTATION_FILE_FILTER = (
@@ -494,17 +496,17 @@ class PredictWidget(QWidget):
         if uncertainty.ndim == image_layer.ndim + 1:
             uncertainty = uncertainty[0]
         name = f"{image_layer.name} uncertainty"
-        top = max(0.05, float(uncertainty.max(initial=0.0)))
+        top = max(0.1, float(uncertainty.max(initial=0.0)))
         if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
             layer = self.viewer.layers[name]
             layer.data = uncertainty
-            layer.contrast_limits = (0.0, top)
+            layer.contrast_limits = (UNCERTAINTY_FLOOR, top)
         else:
             layer = self.viewer.add_image(
                 uncertainty,
                 name=name,
                 colormap="inferno",
-                contrast_limits=(0.0, top),
+                contrast_limits=(UNCERTAINTY_FLOOR, top),
                 blending="additive",
                 opacity=0.7,
                 **geometry_kwargs(image_layer),
