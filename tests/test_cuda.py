@@ -77,3 +77,14 @@ def test_gpu_prediction_tiles_a_large_volume_and_yields_each_tile(case):
     assert result.complete and result.labels.shape == big.shape
     assert result.device.startswith("cuda")
     assert len(tiles) > 8 and tiles == sorted(tiles)
+
+
+def test_an_ensemble_trains_and_reports_its_disagreement_on_the_gpu(case):
+    config = TrainConfig(iterations=20, time_budget=None, device="cuda", seed=0, ensemble=2)
+    model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
+    assert model.config.history["member_steps"] == [20, 20]
+    on_gpu = predict_volume(model, case.image, PredictConfig(device="cuda", uncertainty=True))
+    on_cpu = predict_volume(model, case.image, PredictConfig(device="cpu", uncertainty=True))
+    assert on_gpu.device.startswith("cuda")
+    assert np.abs(on_gpu.uncertainty - on_cpu.uncertainty).max() < 0.1
+    assert np.mean(on_gpu.labels != on_cpu.labels) < 0.005
