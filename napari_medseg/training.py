@@ -163,7 +163,6 @@ class TrainProgress:
 class _RunState:
     step: int = 0
     losses: list[float] = field(default_factory=list)
-    stop_reason: str = "finished"
     seconds_per_step: float = 0.0
     _last: float = field(default_factory=time.perf_counter)
 
