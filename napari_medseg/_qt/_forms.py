@@ -486,7 +486,7 @@ def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
         suggest={
             "iterations": 200,
             "patch_shape": (32, 64, 64),
-            "base_channels": 16,
+            "base_channels": 8,
             "threads": 2,
             "batch_workers": 4,
         },
