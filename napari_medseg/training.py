@@ -27,13 +27,13 @@ from .checkpoint import ModelConfig, TrainedModel
 from .device import autocast_dtype, memory_format_for, resolve_device
 from .errors import MedsegInputError
 from .losses import class_weights_from_counts, masked_cross_entropy, masked_soft_dice
-from .models import Ensemble, NetworkConfig, build_network
+from .models import MAX_MEMBERS, Ensemble, NetworkConfig, build_network
 from .models.planning import plan_network, plan_patch_shape
 from .normalization import IntensityNormalization
 from .sampling import AnnotatedPatchSampler
 
 #: Most networks one ensemble may hold.
-MAX_ENSEMBLE = 10
+MAX_ENSEMBLE = MAX_MEMBERS
 
 Arch = Literal["unet3d", "unet2d", "fcn"]
 

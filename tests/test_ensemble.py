@@ -146,3 +146,10 @@ def test_uncertainty_map_comes_with_an_ensemble_prediction(trained):
     single = run_to_completion(train(image, annotation, _config()))
     with pytest.raises(MedsegInputError, match="ensemble"):
         predict_volume(single, image, PredictConfig(uncertainty=True))
+
+
+def test_a_model_file_cannot_ask_for_thousands_of_networks():
+    from napari_medseg.models import NetworkConfig
+
+    with pytest.raises(MedsegInputError, match="members"):
+        NetworkConfig.from_dict({"arch": "unet3d", "members": 100_000})

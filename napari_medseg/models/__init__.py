@@ -26,6 +26,8 @@ from .unet2d import UNet2D
 from .unet3d import UNet3D, resolve_pools_kernels
 
 ARCHS: tuple[str, ...] = ("unet3d", "unet2d", "fcn")
+#: Most networks one ensemble may hold.
+MAX_MEMBERS = 10
 
 
 def _triples(value: Any, name: str, odd: bool) -> list[Triple] | None:
@@ -101,6 +103,8 @@ class NetworkConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.members > MAX_MEMBERS:  # a file's config must not make us build thousands
+            raise ValueError(f"members must be at most {MAX_MEMBERS}, got {self.members}")
         if not isinstance(self.batch_norm, bool):
             raise ValueError(f"batch_norm must be a bool, got {self.batch_norm!r}")
         if (
@@ -198,6 +202,7 @@ __all__ = [
     "ARCHS",
     "FCN2D",
     "Ensemble",
+    "MAX_MEMBERS",
     "NetworkConfig",
     "UNet2D",
     "UNet3D",
