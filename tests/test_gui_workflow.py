@@ -163,6 +163,14 @@ def test_ensemble_model_shows_where_its_networks_disagree(synthetic_viewer, widg
     assert predict.suggested_slices
     assert all((annotation[k] == 0).any() for k in predict.suggested_slices)
     assert "paint one of them next" in predict.status.text()
+    # one click takes the viewer to the first suggested slice, the next click to the second
+    assert not predict.suggest_button.isHidden()
+    assert f"slice {predict.suggested_slices[0]} " in predict.suggest_button.text()
+    assert predict.show_next_suggestion() == predict.suggested_slices[0]
+    assert synthetic_viewer.dims.point[0] == pytest.approx(2.0 * predict.suggested_slices[0])
+    if len(predict.suggested_slices) > 1:
+        predict.suggest_button.click()
+        assert synthetic_viewer.dims.point[0] == pytest.approx(2.0 * predict.suggested_slices[1])
 
     predict.select_model(single.name)  # back to one network: the box is cleared
     assert predict.form.values()["uncertainty"] is False

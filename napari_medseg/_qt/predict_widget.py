@@ -154,6 +154,11 @@ class PredictWidget(QWidget):
         self._stop = StopSwitch(self.stop_button)
         self.progress = ProgressRow()
         self.status = StatusLabel()
+        self.suggest_button = button(
+            "Go to a slice to paint", "Show the next slice where the networks disagree most"
+        )
+        self.suggest_button.setVisible(False)
+        self._next_suggestion = 0
         self.save_button = button(
             "Save segmentation…", "Write the segmentation with the image's geometry"
         )
@@ -179,6 +184,7 @@ class PredictWidget(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.suggest_button)
         layout.addWidget(self.save_button)
         layout.addStretch(1)
 
@@ -186,6 +192,7 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.start_prediction)
         self.stop_button.clicked.connect(self.stop_prediction)
         self.save_button.clicked.connect(self.save_segmentation_dialog)
+        self.suggest_button.clicked.connect(self.show_next_suggestion)
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
         self.keep_painted_check.toggled.connect(self.annotation_picker.setEnabled)
         self.image_picker.layer_changed.connect(self._prefer_annotation_of)
@@ -357,6 +364,7 @@ class PredictWidget(QWidget):
         self._class_names = list(entry.model.config.class_names[1:])
         self.kept_voxels = 0
         self.suggested_slices = []
+        self.suggest_button.setVisible(False)
         self.tiles_shown = 0
         self.redraws = 0
         self._last_redraw = 0.0
@@ -521,12 +529,38 @@ class PredictWidget(QWidget):
             if annotation.shape != uncertainty.shape:
                 annotation = None
         self.suggested_slices = slices_to_paint(uncertainty, annotation, axis=0, count=3)
+        self._next_suggestion = 0
+        self._update_suggest_button()
         if self.suggested_slices:
             listed = ", ".join(str(k) for k in self.suggested_slices)
             self.status.info(
                 f"{self.status.text()} · networks disagree most on axial slices {listed}: "
                 "paint one of them next"
             )
+
+    def _update_suggest_button(self) -> None:
+        if not self.suggested_slices:
+            self.suggest_button.setVisible(False)
+            return
+        index = self._next_suggestion % len(self.suggested_slices)
+        self.suggest_button.setText(
+            f"Go to axial slice {self.suggested_slices[index]} to paint "
+            f"({index + 1} of {len(self.suggested_slices)})"
+        )
+        self.suggest_button.setVisible(True)
+
+    def show_next_suggestion(self) -> int | None:
+        """Move the viewer to the next suggested axial slice; returns it (None: none left)."""
+        if not self.suggested_slices or self._image_layer not in self.viewer.layers:
+            return None
+        index = self._next_suggestion % len(self.suggested_slices)
+        chosen = self.suggested_slices[index]
+        centre = [chosen, *(s / 2 for s in self._image_layer.data.shape[1:])]
+        world = self._image_layer.data_to_world(centre)
+        self.viewer.dims.set_point(0, float(world[0]))
+        self._next_suggestion = index + 1
+        self._update_suggest_button()
+        return chosen
 
     def _on_error(self, exc: BaseException) -> None:
         if self._layer_alive():
