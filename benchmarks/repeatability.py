@@ -40,16 +40,13 @@ def _set_deterministic(on: bool) -> None:
 
 def _one_run(case: Case, config: TrainConfig) -> dict:
     losses: list[float] = []
-    generator = train(
-        case.image, case.annotation, config, spacing=case.spacing, class_names=case.class_names
-    )
     start = time.perf_counter()
-    while True:
-        try:
-            losses.append(next(generator).loss)
-        except StopIteration as done:
-            model = done.value
-            break
+    model = run_to_completion(
+        train(
+            case.image, case.annotation, config, spacing=case.spacing, class_names=case.class_names
+        ),
+        lambda progress: losses.append(progress.loss),
+    )
     seconds = time.perf_counter() - start
     labels = run_to_completion(predict(model, case.image, PredictConfig(device=config.device)))
     _, dice, _ = _score(case, labels.labels)

@@ -187,14 +187,20 @@ def slices_to_paint(
     count : int
         How many slices to suggest.
     """
-    weights = np.asarray(uncertainty, dtype=np.float64)
+    weights = np.moveaxis(np.asarray(uncertainty), axis, 0)
+    unknown = None  # the annotation with ``axis`` first; 0 = not annotated
     if annotation is not None:
-        if np.shape(annotation) != weights.shape:
+        if np.shape(annotation) != np.shape(uncertainty):
             raise MedsegInputError(
-                f"annotation shape {np.shape(annotation)} differs from {weights.shape}"
+                f"annotation shape {np.shape(annotation)} differs from {np.shape(uncertainty)}"
             )
-        weights = np.where(np.asarray(annotation) == 0, weights, 0.0)
-    other = tuple(a for a in range(weights.ndim) if a != axis)
-    scores = weights.sum(axis=other)
+        unknown = np.moveaxis(np.asarray(annotation), axis, 0)
+    # slice by slice: no full-volume copy (this runs on the GUI thread for large scans too)
+    scores = np.array(
+        [
+            float(w.sum(dtype=np.float64, where=True if unknown is None else unknown[k] == 0))
+            for k, w in enumerate(weights)
+        ]
+    )
     order = np.argsort(-scores, kind="stable")
     return [int(k) for k in order[:count] if scores[k] > 0]

@@ -102,6 +102,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_file
     from .inference import PredictConfig
 
+    painted = None
+    if args.annotation:
+        if not args.uncertainty:
+            raise MedsegInputError("--annotation only steers the slices --uncertainty suggests")
+        from .io import read_volume
+
+        painted = read_volume(args.annotation).array  # read first: a bad file fails fast
     bar, update = _bar_callback("predict", _tile_detail)
     try:
         prediction = predict_file(
@@ -126,7 +133,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if prediction.uncertainty is not None and prediction.uncertainty.ndim == 3:
         from .annotation import slices_to_paint
 
-        suggested = slices_to_paint(prediction.uncertainty, axis=0, count=3)
+        if painted is not None and painted.shape != prediction.uncertainty.shape:
+            raise MedsegInputError(
+                f"annotation {args.annotation} has shape {painted.shape}, the image "
+                f"{prediction.uncertainty.shape}: no slices suggested"
+            )
+        suggested = slices_to_paint(prediction.uncertainty, painted, axis=0, count=3)
         if suggested:
             listed = ", ".join(str(k) for k in suggested)
             print(f"networks disagree most on axial slices {listed}: paint one of them next")
@@ -269,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write where an ensemble's networks disagree, 0-1 (a model trained with "
         "--ensemble 2 or more): the places where painting another slice helps most",
+    )
+    p.add_argument(
+        "--annotation",
+        default=None,
+        metavar="FILE",
+        help="with --uncertainty: the annotation the model was trained on, so the slices "
+        "suggested for painting leave out what is already painted",
     )
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")

@@ -32,9 +32,6 @@ from .models.planning import plan_network, plan_patch_shape
 from .normalization import IntensityNormalization
 from .sampling import AnnotatedPatchSampler
 
-#: Most networks one ensemble may hold.
-MAX_ENSEMBLE = MAX_MEMBERS
-
 Arch = Literal["unet3d", "unet2d", "fcn"]
 
 
@@ -143,8 +140,8 @@ class TrainConfig:
             raise MedsegInputError("base channels and batch size must be at least 1")
         if self.batch_workers is not None and self.batch_workers < 0:
             raise MedsegInputError("batch workers cannot be negative")
-        if not 1 <= self.ensemble <= MAX_ENSEMBLE:
-            raise MedsegInputError(f"ensemble must be 1 to {MAX_ENSEMBLE} networks")
+        if not 1 <= self.ensemble <= MAX_MEMBERS:
+            raise MedsegInputError(f"ensemble must be 1 to {MAX_MEMBERS} networks")
 
 
 @dataclass
@@ -367,13 +364,13 @@ def train(
     def progress(member: int, loss: float, message: str = "") -> TrainProgress:
         if n_members > 1:
             message = f"network {member + 1}/{n_members} {message}".strip()
-        elapsed = time.perf_counter() - start
-        fraction = _fraction(member_config, state.step, time.perf_counter() - member_start)
+        now = time.perf_counter()
+        fraction = _fraction(member_config, state.step, now - member_start)
         return TrainProgress(
             done_steps + state.step,
             config.iterations * n_members if config.iterations else None,
             loss,
-            elapsed,
+            now - start,
             (member + fraction) / n_members,
             message,
         )

@@ -387,6 +387,15 @@ def test_ensemble_option_trains_and_saves_several_networks(case, tmp_path, capsy
     assert main([*predict, "--uncertainty", str(spread)]) == 0
     out = capsys.readouterr().out
     assert f"saved {spread}" in out and "paint one of them next" in out
+    # with the annotation, painted slices are never suggested
+    annotation = read_volume(case["annotation"]).array
+    steered = ["--uncertainty", str(spread), "--annotation", str(case["annotation"])]
+    assert main([*predict, *steered]) == 0
+    (line,) = [t for t in capsys.readouterr().out.splitlines() if "paint one of them" in t]
+    suggested = [int(k) for k in line.split("slices ")[1].split(":")[0].split(", ")]
+    assert suggested and all((annotation[k] == 0).any() for k in suggested)
+    assert main([*predict, "--annotation", str(case["annotation"])]) == 2  # needs --uncertainty
+    assert "--uncertainty" in capsys.readouterr().err
     image, uncertainty = read_volume(case["image"]), read_volume(spread)
     assert uncertainty.shape == image.shape and uncertainty.array.dtype == np.float32
     np.testing.assert_allclose(uncertainty.spacing, image.spacing)

@@ -153,3 +153,21 @@ def test_a_model_file_cannot_ask_for_thousands_of_networks():
 
     with pytest.raises(MedsegInputError, match="members"):
         NetworkConfig.from_dict({"arch": "unet3d", "members": 100_000})
+
+
+def test_slices_to_paint_ranks_the_disagreement_left_unpainted():
+    from napari_medseg.annotation import slices_to_paint
+
+    uncertainty = np.zeros((5, 4, 4), np.float32)
+    uncertainty[3] = 0.5  # the most disagreement, but slice 3 is painted
+    uncertainty[1, 0, 0] = 1.0
+    uncertainty[4, :2] = 0.2  # 8 voxels: 1.6 in all, more than slice 1
+    annotation = np.zeros((5, 4, 4), np.uint8)
+    annotation[3] = 1
+    assert slices_to_paint(uncertainty) == [3, 4, 1]
+    assert slices_to_paint(uncertainty, annotation) == [4, 1]  # painted: scores nothing
+    assert slices_to_paint(uncertainty, annotation, count=1) == [4]
+    turned = (uncertainty.transpose(1, 0, 2), annotation.transpose(1, 0, 2))
+    assert slices_to_paint(*turned, axis=1) == [4, 1]
+    with pytest.raises(MedsegInputError, match="differs"):
+        slices_to_paint(uncertainty, annotation[:-1])

@@ -466,59 +466,54 @@ class PredictWidget(QWidget):
             return ""
         return f" · {self.kept_voxels:,} painted voxels kept from '{annotation_layer.name}'"
 
+    def _put_image(self, name: str, data: np.ndarray, **style: Any) -> Image:
+        """Show ``data`` on the image's grid as the image layer ``name``.
+
+        An existing image layer of that name is reused (new data and contrast limits);
+        otherwise one is added with ``style`` (colormap, contrast limits, blending, ...).
+        """
+        image_layer = self._image_layer
+        if data.ndim == image_layer.ndim + 1:  # 2D image: the core works on a 1-slice volume
+            data = data[0]
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.contrast_limits = style["contrast_limits"]
+            return layer
+        return self.viewer.add_image(data, name=name, **style, **geometry_kwargs(image_layer))
+
     def _show_probabilities(self, probabilities: np.ndarray) -> None:
         from napari.utils.colormaps import Colormap
 
         self.probability_layers = []
-        image_layer = self._image_layer
         for k in range(1, probabilities.shape[0]):
             name = self._class_names[k - 1] if k - 1 < len(self._class_names) else f"{k}"
-            layer_name = f"{image_layer.name} p({name})"
-            data = probabilities[k]
-            if data.ndim == image_layer.ndim + 1:
-                data = data[0]
-            if layer_name in self.viewer.layers and isinstance(
-                self.viewer.layers[layer_name], Image
-            ):
-                layer = self.viewer.layers[layer_name]
-                layer.data = data
-            else:
-                color = structure_color(k)
-                cmap = Colormap([[0, 0, 0, 0], list(color)], name=f"medseg p{k}")
-                layer = self.viewer.add_image(
-                    data,
-                    name=layer_name,
-                    colormap=cmap,
-                    contrast_limits=(0.0, 1.0),
-                    blending="additive",
-                    visible=False,
-                    **geometry_kwargs(image_layer),
-                )
+            cmap = Colormap([[0, 0, 0, 0], list(structure_color(k))], name=f"medseg p{k}")
+            layer = self._put_image(
+                f"{self._image_layer.name} p({name})",
+                probabilities[k],
+                colormap=cmap,
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                visible=False,
+            )
             self.probability_layers.append(layer)
 
     def _show_uncertainty(self, uncertainty: np.ndarray) -> None:
         """An image layer of the networks' disagreement, and the slices to paint next."""
         from ..annotation import slices_to_paint
 
-        image_layer = self._image_layer
-        if uncertainty.ndim == image_layer.ndim + 1:
+        if uncertainty.ndim == self._image_layer.ndim + 1:
             uncertainty = uncertainty[0]
-        name = f"{image_layer.name} uncertainty"
         top = max(0.1, float(uncertainty.max(initial=0.0)))
-        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Image):
-            layer = self.viewer.layers[name]
-            layer.data = uncertainty
-            layer.contrast_limits = (UNCERTAINTY_FLOOR, top)
-        else:
-            layer = self.viewer.add_image(
-                uncertainty,
-                name=name,
-                colormap="inferno",
-                contrast_limits=(UNCERTAINTY_FLOOR, top),
-                blending="additive",
-                opacity=0.7,
-                **geometry_kwargs(image_layer),
-            )
+        layer = self._put_image(
+            f"{self._image_layer.name} uncertainty",
+            uncertainty,
+            colormap="inferno",
+            contrast_limits=(UNCERTAINTY_FLOOR, top),
+            blending="additive",
+            opacity=0.7,
+        )
         self.uncertainty_layer = layer
         if uncertainty.ndim != 3:
             return
