@@ -42,6 +42,81 @@ def segmentation_to_annotation(segmentation: np.ndarray) -> np.ndarray:
     return (np.asarray(segmentation).astype(np.int64) + 1).astype(np.uint8)
 
 
+def check_painted(annotation: np.ndarray, n_classes: int | None = None) -> None:
+    """Refuse an annotation whose painted labels cannot be put into a segmentation.
+
+    Parameters
+    ----------
+    annotation : np.ndarray
+        Sparse annotation (``0`` unknown, ``1`` background, ``k + 1`` structure ``k``).
+    n_classes : int, optional
+        Classes of the segmentation (background included); painted structures beyond it
+        are refused.
+
+    Raises
+    ------
+    MedsegInputError
+        With a one-line reason.
+    """
+    annotation = np.asarray(annotation)
+    if not annotation.size:
+        return
+    if not np.issubdtype(annotation.dtype, np.integer) and annotation.dtype != np.bool_:
+        if not np.all(np.isfinite(annotation)) or not np.all(annotation == np.round(annotation)):
+            raise MedsegInputError(
+                "annotation must hold whole numbers (0 unknown, 1 background, ...)"
+            )
+    if float(np.min(annotation)) < 0:
+        raise MedsegInputError(
+            "annotation holds negative values; expected 0 unknown, 1 background, k+1 structure k"
+        )
+    top = int(np.max(annotation)) - 1
+    if n_classes is not None and top > n_classes - 1:
+        raise MedsegInputError(
+            f"annotation paints structure {top}; the model knows {n_classes - 1} structure(s)"
+        )
+
+
+def keep_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
+    """Give the voxels the user painted the user's label, in place.
+
+    Annotation ``k + 1`` (structure ``k``) becomes label ``k``, annotation ``1``
+    (background) label ``0``; unannotated voxels (``0``) keep the prediction.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Segmentation (``0`` background, ``k`` structure ``k``), changed in place.
+    annotation : np.ndarray
+        Sparse annotation of the same shape.
+
+    Returns
+    -------
+    int
+        Number of painted voxels (whether or not their label changed).
+
+    Raises
+    ------
+    MedsegInputError
+        When the shapes differ, the annotation is not one (:func:`check_painted`), or a
+        painted label does not fit ``labels``' dtype. ``labels`` is then unchanged.
+    """
+    annotation = np.asarray(annotation)
+    if annotation.shape != labels.shape:
+        raise MedsegInputError(
+            f"annotation has shape {annotation.shape}, the segmentation {labels.shape}"
+        )
+    check_painted(annotation)
+    painted = annotation > 0
+    if not painted.any():
+        return 0
+    top = int(annotation.max()) - 1
+    if np.issubdtype(labels.dtype, np.integer) and top > np.iinfo(labels.dtype).max:
+        raise MedsegInputError(f"painted structure {top} does not fit the segmentation's labels")
+    labels[painted] = annotation[painted] - 1
+    return int(np.count_nonzero(painted))
+
+
 def num_classes_in(annotation: np.ndarray) -> int:
     """Number of classes (background included) that the annotation uses."""
     top = int(np.max(annotation)) if np.size(annotation) else 0
@@ -80,17 +155,7 @@ def validate_annotation(
             f"annotation shape {tuple(annotation.shape)} differs from image shape "
             f"{tuple(image_shape)}"
         )
-    if not np.issubdtype(annotation.dtype, np.integer) and not np.issubdtype(
-        annotation.dtype, np.bool_
-    ):
-        if not np.all(np.isfinite(annotation)) or not np.all(annotation == np.round(annotation)):
-            raise MedsegInputError(
-                "annotation must hold whole numbers (0 unknown, 1 background, ...)"
-            )
-    if annotation.size and int(np.min(annotation)) < 0:
-        raise MedsegInputError(
-            "annotation holds negative values; expected 0 unknown, 1 background, k+1 structure k"
-        )
+    check_painted(annotation)
     values = np.unique(annotation)
     painted = values[values > 0]
     if painted.size == 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .annotation import check_painted, keep_painted
 from .checkpoint import TrainedModel, load_model, save_model
 from .errors import MedsegInputError
 from .inference import PredictConfig, Prediction, TileProgress, predict
@@ -116,6 +117,7 @@ def predict_file(
     *,
     probabilities_path: PathLike | None = None,
     uncertainty_path: PathLike | None = None,
+    annotation_path: PathLike | None = None,
     on_progress: Callable[[TileProgress], None] | None = None,
 ) -> Prediction:
     """Load a model, segment an image file and write the label map with the image's geometry.
@@ -123,16 +125,26 @@ def predict_file(
     Probabilities (when ``probabilities_path`` is given) are written as ``(C, z, y, x)`` float32:
     a ``.npy`` array, or for medical formats a multi-component image with the image's geometry.
     The uncertainty map (``uncertainty_path``; an ensemble model only) is written as a float32
-    volume in ``[0, 1]`` with the image's geometry.
+    volume in ``[0, 1]`` with the image's geometry. With ``annotation_path`` (the sparse
+    annotation the model was trained on), painted voxels keep their painted label in the
+    written segmentation, as the Predict widget does (:func:`~.annotation.keep_painted`);
+    the annotation is read and checked before anything is computed.
     """
     model = load_model(model_path)
     image = read_volume(image_path)
+    annotation = None
+    if annotation_path is not None:
+        annotation = read_volume(annotation_path)
+        check_same_geometry(image, annotation, "annotation")
+        check_painted(annotation.array, model.config.n_classes)
     config = replace(
         config or PredictConfig(),
         probabilities=probabilities_path is not None,
         uncertainty=uncertainty_path is not None,
     )
     prediction = predict_volume_with_geometry(model, image, config, on_progress=on_progress)
+    if annotation is not None:
+        prediction.kept_voxels = keep_painted(prediction.labels, annotation.array)
     write_volume(out_path, prediction.labels, reference=image)
     if probabilities_path is not None and prediction.probabilities is not None:
         write_probabilities(probabilities_path, prediction.probabilities, image)

@@ -102,13 +102,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_file
     from .inference import PredictConfig
 
-    painted = None
-    if args.annotation:
-        if not args.uncertainty:
-            raise MedsegInputError("--annotation only steers the slices --uncertainty suggests")
-        from .io import read_volume
-
-        painted = read_volume(args.annotation).array  # read first: a bad file fails fast
     bar, update = _bar_callback("predict", _tile_detail)
     try:
         prediction = predict_file(
@@ -118,6 +111,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             PredictConfig(device=args.device, mirror=args.mirror),
             probabilities_path=args.probabilities,
             uncertainty_path=args.uncertainty,
+            annotation_path=args.annotation,
             on_progress=update,
         )
     finally:
@@ -126,18 +120,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         int(k): int((prediction.labels == k).sum())
         for k in range(1, int(prediction.labels.max()) + 1)
     }
-    print(f"saved {args.out} (voxels per structure: {counts or 'none'})")
+    kept = ""
+    if args.annotation:
+        kept = f"; {prediction.kept_voxels:,} painted voxels kept from {args.annotation}"
+    print(f"saved {args.out} (voxels per structure: {counts or 'none'}{kept})")
     for path in (args.probabilities, args.uncertainty):
         if path:
             print(f"saved {path}")
     if prediction.uncertainty is not None and prediction.uncertainty.ndim == 3:
         from .annotation import slices_to_paint
 
-        if painted is not None and painted.shape != prediction.uncertainty.shape:
-            raise MedsegInputError(
-                f"annotation {args.annotation} has shape {painted.shape}, the image "
-                f"{prediction.uncertainty.shape}: no slices suggested"
-            )
+        painted = None
+        if args.annotation:
+            from .io import read_volume
+
+            painted = read_volume(args.annotation).array
         suggested = slices_to_paint(prediction.uncertainty, painted, axis=0, count=3)
         if suggested:
             listed = ", ".join(str(k) for k in suggested)
@@ -286,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--annotation",
         default=None,
         metavar="FILE",
-        help="with --uncertainty: the annotation the model was trained on, so the slices "
-        "suggested for painting leave out what is already painted",
+        help="the annotation the model was trained on: painted voxels keep their painted "
+        "label in the segmentation (as in the Predict widget), and with --uncertainty the "
+        "slices suggested for painting leave out what is already painted",
     )
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")

@@ -74,6 +74,8 @@ class Prediction:
     float32 when asked for, else ``None``. ``uncertainty``: ``shape`` float32 in ``[0, 1]``
     when asked for (:func:`disagreement`), else ``None``. ``complete`` is False when stopped
     early (the labels then cover only the finished tiles and must not be used as a result).
+    ``kept_voxels``: voxels given the user's painted label afterwards
+    (:func:`~napari_medseg.annotation.keep_painted`; 0 when no annotation was applied).
     """
 
     labels: np.ndarray
@@ -82,6 +84,7 @@ class Prediction:
     device: str = "cpu"
     tile_shape: tuple[int, ...] = ()
     uncertainty: np.ndarray | None = None
+    kept_voxels: int = 0
 
 
 def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:

@@ -394,8 +394,6 @@ def test_ensemble_option_trains_and_saves_several_networks(case, tmp_path, capsy
     (line,) = [t for t in capsys.readouterr().out.splitlines() if "paint one of them" in t]
     suggested = [int(k) for k in line.split("slices ")[1].split(":")[0].split(", ")]
     assert suggested and all((annotation[k] == 0).any() for k in suggested)
-    assert main([*predict, "--annotation", str(case["annotation"])]) == 2  # needs --uncertainty
-    assert "--uncertainty" in capsys.readouterr().err
     image, uncertainty = read_volume(case["image"]), read_volume(spread)
     assert uncertainty.shape == image.shape and uncertainty.array.dtype == np.float32
     np.testing.assert_allclose(uncertainty.spacing, image.spacing)
@@ -412,3 +410,33 @@ def test_uncertainty_of_a_single_network_is_refused_before_writing(case, tmp_pat
                  "--uncertainty", str(tmp_path / "u.nrrd")])  # fmt: skip
     assert code == 2 and "ensemble" in capsys.readouterr().err
     assert not seg.exists()
+
+
+def test_predict_keeps_painted_voxels_given_the_annotation(pipeline, tmp_path, capsys):
+    """``predict --annotation``: painted voxels keep the user's label, as in the widget."""
+    annotation = read_volume(pipeline["annotation"]).array
+    painted = annotation > 0
+    seg = tmp_path / "kept.nii.gz"
+    predict = ["predict", str(pipeline["model"]), str(pipeline["image"]), "--device", "cpu"]
+    assert main([*predict, "--out", str(seg), "--annotation", str(pipeline["annotation"])]) == 0
+    out = capsys.readouterr().out
+    assert f"{int(painted.sum()):,} painted voxels kept" in out
+    kept = read_volume(seg).array
+    np.testing.assert_array_equal(kept[painted], annotation[painted] - 1)
+    # unpainted voxels are the network's own answer, the same as without the annotation
+    plain = read_volume(pipeline["segmentation"]).array
+    np.testing.assert_array_equal(kept[~painted], plain[~painted])
+    assert (plain[painted] != annotation[painted] - 1).any()  # so keeping them changed something
+
+    # an annotation of another image, or painting a structure the model does not know:
+    # one line, and nothing written
+    other = tmp_path / "other.nii.gz"
+    write_volume(other, annotation[:-1], spacing=SPACING, labels=True)
+    refused(capsys, [*predict, "--out", str(tmp_path / "a.nii.gz"), "--annotation", str(other)],
+            "annotation shape")  # fmt: skip
+    unknown = annotation.copy()
+    unknown[0, 0, 0] = 5  # structure 4; the model knows one
+    write_volume(other, unknown, spacing=SPACING, origin=ORIGIN, direction=DIRECTION, labels=True)
+    refused(capsys, [*predict, "--out", str(tmp_path / "b.nii.gz"), "--annotation", str(other)],
+            "structure 4", "knows 1")  # fmt: skip
+    assert not (tmp_path / "a.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()

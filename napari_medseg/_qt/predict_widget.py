@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..annotation import keep_painted
 from ..errors import MedsegInputError
 from ._colors import segmentation_color_dict, structure_color
 from ._common import ProgressRow, StatusLabel, button, form_layout, section_title, separator
@@ -74,23 +75,6 @@ def describe_model(entry: ModelEntry) -> str:
     members = _members(config)
     arch = config.arch if members == 1 else f"{members} × {config.arch} (ensemble)"
     return f"{arch} · {', '.join(names)} · {spacing} mm{trained}{source}"
-
-
-def keep_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
-    """Give the voxels the user painted the user's label, in place.
-
-    Annotation ``k + 1`` (structure ``k``) becomes label ``k``, annotation ``1``
-    (background) label ``0``; unannotated voxels (``0``) keep the prediction.
-
-    Returns
-    -------
-    int
-        Number of painted voxels (whether or not their label changed).
-    """
-    annotation = np.asarray(annotation)
-    painted = annotation > 0
-    labels[painted] = annotation[painted] - 1
-    return int(np.count_nonzero(painted))
 
 
 class PredictWidget(QWidget):
@@ -457,11 +441,10 @@ class PredictWidget(QWidget):
         if annotation_layer is self.result_layer:
             return ""
         annotation = layer_array(annotation_layer)  # read now: painting may have gone on
-        if annotation.shape != labels.shape:
-            return f" (painted voxels not kept: '{annotation_layer.name}' changed shape)"
-        if int(annotation.max(initial=0)) - 1 > np.iinfo(labels.dtype).max:
-            return " (painted voxels not kept: label too large)"
-        self.kept_voxels = keep_painted(labels, annotation)
+        try:
+            self.kept_voxels = keep_painted(labels, annotation)
+        except MedsegInputError as exc:  # changed shape, or a label too large
+            return f" (painted voxels of '{annotation_layer.name}' not kept: {exc})"
         if not self.kept_voxels:
             return ""
         return f" · {self.kept_voxels:,} painted voxels kept from '{annotation_layer.name}'"
