@@ -6,7 +6,11 @@ other than 0, one and three structures), train the default 3D U-Net and the 2D U
 voxels that were not annotated, beside the intensity window fitted on the same annotation
 (``synthetic.threshold_from_annotation``). Runs are sequential (never two trainings at once).
 
+``--cases nodules`` uses ``synthetic_nodules.make_nodule_case`` instead: nodules among vessels
+of the same intensity, where one slice cannot tell a ball from a tube seen across.
+
     .venv/bin/python benchmarks/generalisation.py --budget 60
+    .venv/bin/python benchmarks/generalisation.py --budget 120 --cases nodules
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from napari_medseg.inference import PredictConfig, predict
 from napari_medseg.metrics import evaluate
 from napari_medseg.progress import run_to_completion
 from napari_medseg.synthetic import make_synthetic_case, threshold_from_annotation
+from napari_medseg.synthetic_nodules import make_nodule_case
 from napari_medseg.training import TrainConfig, train
 
+#: ``--cases synthetic``: (volume seed, structures, painted slices per axis) of
+#: ``make_synthetic_case``.
 CASES = [
     (1, 1, (1, 1, 1)),
     (2, 1, (1, 1, 1)),
@@ -34,6 +41,24 @@ CASES = [
     (1, 3, (3, 3, 3)),
     (2, 3, (3, 3, 3)),
 ]
+#: ``--cases nodules``: (volume seed, painted slices per axis) of ``make_nodule_case``, where
+#: a nodule and a vessel seen across are the same disc on a slice.
+NODULE_CASES = [
+    (1, (1, 1, 1)),
+    (2, (2, 2, 2)),
+    (3, (3, 3, 3)),
+]
+
+
+def _cases(which: str):
+    """(seed, structures, slices per axis, case) of each volume of ``--cases``."""
+    if which in ("synthetic", "all"):
+        for seed, n_structures, slices in CASES:
+            case = make_synthetic_case(n_structures=n_structures, seed=seed, slices_per_axis=slices)
+            yield seed, n_structures, slices, case
+    if which in ("nodules", "all"):
+        for seed, slices in NODULE_CASES:
+            yield seed, "nodules", slices, make_nodule_case(seed=seed, slices_per_axis=slices)
 
 
 def _cpu_name() -> str:
@@ -50,13 +75,15 @@ def _cpu_name() -> str:
 ARCH_NAMES = {"unet3d": "3D U-Net", "unet2d": "2D U-Net", "fcn": "FCN-8s"}
 
 
-def _train_and_score(case, labels, arch: str, budget: float, device: str, seed: int):
+def _train_and_score(
+    case, labels, arch: str, budget: float, device: str, seed: int, flips: str = "auto"
+):
     """Train ``arch`` on the case's annotation, predict, and score unannotated voxels."""
     model = run_to_completion(
         train(
             case.image,
             case.annotation,
-            TrainConfig(arch=arch, time_budget=budget, device=device, seed=seed),
+            TrainConfig(arch=arch, time_budget=budget, device=device, seed=seed, flips=flips),
             spacing=case.spacing,
         )
     )
@@ -74,7 +101,19 @@ def main() -> int:
         default="unet3d,unet2d",
         help="networks to train, comma-separated; the first is compared with the others",
     )
+    parser.add_argument(
+        "--cases",
+        choices=["synthetic", "nodules", "all"],
+        default="synthetic",
+        help="volumes: tube/blob/shell structures, nodules among vessels, or both",
+    )
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument(
+        "--flips",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="TrainConfig.flips for every run (mirror flips and right-angle rotations)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
@@ -96,15 +135,14 @@ def main() -> int:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     rows = []
-    for seed, n_structures, slices in CASES:
-        case = make_synthetic_case(n_structures=n_structures, seed=seed, slices_per_axis=slices)
+    for seed, n_structures, slices, case in _cases(args.cases):
         labels = sorted(int(v) for v in np.unique(case.expert_mask) if v)
         start = time.perf_counter()
         dice: dict[str, float] = {}
         steps: dict[str, int] = {}
         for arch in archs:
             dice[arch], steps[arch] = _train_and_score(
-                case, labels, arch, args.budget, args.device, args.seed
+                case, labels, arch, args.budget, args.device, args.seed, args.flips
             )
         base = evaluate(
             threshold_from_annotation(case.image, case.annotation),
@@ -137,7 +175,14 @@ def main() -> int:
     cells += [f"{means[first] - means[a]:+.3f}" for a in archs[1:]]
     print("| " + " | ".join(cells) + " |")
     if args.json_out:
-        payload = {"budget": args.budget, "archs": archs, "seed": args.seed, "rows": rows}
+        payload = {
+            "budget": args.budget,
+            "archs": archs,
+            "seed": args.seed,
+            "flips": args.flips,
+            "cases": args.cases,
+            "rows": rows,
+        }
         with open(args.json_out, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)
     return 0

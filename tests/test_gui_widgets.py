@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medseg._napari.sample import layer_tuples, synthetic
+from napari_medseg._napari.sample import layer_tuples, nodules, synthetic
 from napari_medseg._qt._colors import CLASS_NAMES_KEY
 
 WAIT_MS = 60_000
@@ -32,7 +32,7 @@ def test_manifest_declares_reader_writers_samples_and_widgets():
     assert [w.display_name for w in contributions.widgets] == [
         "1 · Annotate", "2 · Train", "3 · Predict", "4 · Metrics"
     ]
-    assert {s.key for s in contributions.sample_data} == {"synthetic", "brain1"}
+    assert {s.key for s in contributions.sample_data} == {"synthetic", "nodules", "brain1"}
     patterns = contributions.readers[0].filename_patterns
     assert {"*.nii.gz", "*.nrrd", "*.dcm", "*.npy"} <= set(patterns)
     assert contributions.readers[0].accepts_directories
@@ -51,6 +51,15 @@ def test_synthetic_sample_is_deterministic_and_scaled():
     annotation = first[2][0]
     assert annotation.dtype == np.uint8 and annotation.max() >= 2 and (annotation == 0).any()
     assert first[0][1]["metadata"][CLASS_NAMES_KEY]
+
+
+def test_nodules_sample_has_image_mask_and_annotation():
+    layers = nodules()
+    names = [t[1]["name"] for t in layers]
+    assert names == ["nodules", "nodules expert mask", "nodules annotation"]
+    mask, annotation = layers[1][0], layers[2][0]
+    assert set(np.unique(mask)) == {0, 1} and annotation.max() == 2
+    assert layers[0][1]["metadata"][CLASS_NAMES_KEY] == ["nodule"]
 
 
 def test_brain_sample_has_mri_spacing():

@@ -211,10 +211,18 @@ def test_loss_weighting_is_chosen_from_the_painted_counts():
 
 
 @pytest.mark.parametrize(
-    ("structures", "setting", "expected"),
-    [(1, "auto", True), (2, "auto", False), (2, "on", True), (1, "off", False)],
+    ("structures", "spacing", "setting", "expected"),
+    [
+        (1, (3.0, 1.0, 1.0), "auto", True),
+        (1, (1.0, 1.0, 1.0), "auto", False),
+        (2, (3.0, 1.0, 1.0), "auto", False),
+        (2, (1.0, 1.0, 1.0), "on", True),
+        (1, (3.0, 1.0, 1.0), "off", False),
+    ],
 )
-def test_flips_are_used_for_a_lone_structure_only(monkeypatch, structures, setting, expected):
+def test_flips_are_used_for_a_lone_structure_on_thick_slices_only(
+    monkeypatch, structures, spacing, setting, expected
+):
     import napari_medseg.training as training
 
     image, annotation, _ = _cube_case()
@@ -229,9 +237,20 @@ def test_flips_are_used_for_a_lone_structure_only(monkeypatch, structures, setti
 
     monkeypatch.setattr(training, "augment", spy)
     config = TrainConfig(iterations=2, time_budget=None, base_channels=4, flips=setting)
-    model = run_to_completion(train(image, annotation, config))
+    model = run_to_completion(train(image, annotation, config, spacing=spacing))
     assert seen and set(seen) == {(expected, expected)}
     assert model.config.history["flips"] is expected
+
+
+def test_default_flips_rule():
+    from napari_medseg.training import default_flips
+
+    assert default_flips(1, (6.5, 0.78, 0.78)) and default_flips(1, (2.1, 0.66, 0.66))
+    assert not default_flips(1, (1.0, 1.0, 1.0)) and not default_flips(1, (1.2, 1.0, 1.0))
+    assert not default_flips(3, (6.5, 0.78, 0.78))
+    # a 2D image (one slice): only its two in-plane axes count
+    assert not default_flips(1, (5.0, 0.5, 0.5), shape=(1, 64, 64))
+    assert default_flips(1, (1.0, 2.0, 0.5), shape=(1, 64, 64))
 
 
 def test_torch_threads_are_restored_after_training():

@@ -92,6 +92,22 @@ def synthetic() -> list[LayerData]:
     )
 
 
+def nodules() -> list[LayerData]:
+    """Nodules among vessels (deterministic): where a 3D network beats a 2D one.
+
+    48 × 64 × 64 voxels; five nodules (the structure) among tubes of the same brightness,
+    which one slice cannot tell apart; two painted slices per axis
+    (:func:`~napari_medseg.synthetic_nodules.make_nodule_case`).
+    """
+    from ..synthetic_nodules import make_nodule_case
+
+    case = make_nodule_case(seed=1)
+    image = Volume(case.image, case.spacing, metadata={"source": "synthetic nodules"})
+    return layer_tuples(
+        "nodules", image, case.expert_mask, list(case.class_names), case.annotation
+    )
+
+
 def brain1() -> list[LayerData]:
     """The bundled brain MRI (25 × 256 × 256, 6.5 × 0.78 × 0.78 mm) with its expert mask."""
     from ..sample_data import load_real_case
