@@ -93,7 +93,7 @@ def synthetic() -> list[LayerData]:
 
 
 def nodules() -> list[LayerData]:
-    """Nodules among vessels (deterministic): where a 3D network beats a 2D one.
+    """Nodules among vessels (deterministic): a hard case for comparing networks.
 
     48 × 64 × 64 voxels; five nodules (the structure) among tubes of the same brightness,
     which one slice cannot tell apart; two painted slices per axis
