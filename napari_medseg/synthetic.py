@@ -303,13 +303,25 @@ def make_synthetic_case(
     distractors = _distractors(rng, space, body, forbidden, n_spheres, n_sheets)
 
     image = _render(rng, space, body, labels, distractors, n_structures)
+    return painted_case(image, labels, spacing, STRUCTURE_NAMES[:n_structures], slices_per_axis)
+
+
+def painted_case(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    class_names: Sequence[str],
+    slices_per_axis: Sequence[int],
+) -> SyntheticCase:
+    """A :class:`SyntheticCase` whose annotation paints ``slices_per_axis`` slices per axis
+    through the structures (:func:`pick_slices`, :func:`sparse_annotation_from_mask`)."""
     slices = {axis: pick_slices(labels, axis, n) for axis, n in enumerate(slices_per_axis) if n}
     return SyntheticCase(
         image=image,
         expert_mask=labels,
         annotation=sparse_annotation_from_mask(labels, slices),
         spacing=tuple(float(s) for s in spacing),
-        class_names=STRUCTURE_NAMES[:n_structures],
+        class_names=tuple(class_names),
         annotated_slices=slices,
     )
 

@@ -24,14 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import MedsegInputError
-from .synthetic import (
-    SyntheticCase,
-    _low_frequency,
-    _render,
-    _Space,
-    pick_slices,
-    sparse_annotation_from_mask,
-)
+from .synthetic import SyntheticCase, _low_frequency, _render, _Space, painted_case
 
 #: Name of the structure, label 1.
 NODULE_NAME = "nodule"
@@ -121,12 +114,4 @@ def make_nodule_case(
     vessels &= body & ~apart
     labels = nodules.astype(np.uint8)
     image = _render(rng, space, body, labels, [vessels], 1)
-    slices = {axis: pick_slices(labels, axis, n) for axis, n in enumerate(slices_per_axis) if n}
-    return SyntheticCase(
-        image=image,
-        expert_mask=labels,
-        annotation=sparse_annotation_from_mask(labels, slices),
-        spacing=tuple(float(s) for s in spacing),
-        class_names=(NODULE_NAME,),
-        annotated_slices=slices,
-    )
+    return painted_case(image, labels, spacing, (NODULE_NAME,), slices_per_axis)
