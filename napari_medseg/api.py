@@ -117,7 +117,7 @@ def predict_file(
     *,
     probabilities_path: PathLike | None = None,
     uncertainty_path: PathLike | None = None,
-    annotation_path: PathLike | None = None,
+    annotation: PathLike | Volume | None = None,
     on_progress: Callable[[TileProgress], None] | None = None,
 ) -> Prediction:
     """Load a model, segment an image file and write the label map with the image's geometry.
@@ -125,16 +125,16 @@ def predict_file(
     Probabilities (when ``probabilities_path`` is given) are written as ``(C, z, y, x)`` float32:
     a ``.npy`` array, or for medical formats a multi-component image with the image's geometry.
     The uncertainty map (``uncertainty_path``; an ensemble model only) is written as a float32
-    volume in ``[0, 1]`` with the image's geometry. With ``annotation_path`` (the sparse
-    annotation the model was trained on), painted voxels keep their painted label in the
-    written segmentation, as the Predict widget does (:func:`~.annotation.keep_painted`);
-    the annotation is read and checked before anything is computed.
+    volume in ``[0, 1]`` with the image's geometry. With ``annotation`` (the sparse
+    annotation the model was trained on: a file, or a volume already read), painted voxels
+    keep their painted label in the written segmentation, as the Predict widget does
+    (:func:`~.annotation.keep_painted`); it is checked before anything is computed.
     """
     model = load_model(model_path)
     image = read_volume(image_path)
-    annotation = None
-    if annotation_path is not None:
-        annotation = read_volume(annotation_path)
+    if annotation is not None:
+        if not isinstance(annotation, Volume):
+            annotation = read_volume(annotation)
         check_same_geometry(image, annotation, "annotation")
         check_painted(annotation.array, model.config.n_classes)
     config = replace(

@@ -102,6 +102,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_file
     from .inference import PredictConfig
 
+    annotation = None
+    if args.annotation:
+        from .io import read_volume
+
+        annotation = read_volume(args.annotation)  # once: kept voxels and suggestions
     bar, update = _bar_callback("predict", _tile_detail)
     try:
         prediction = predict_file(
@@ -111,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             PredictConfig(device=args.device, mirror=args.mirror),
             probabilities_path=args.probabilities,
             uncertainty_path=args.uncertainty,
-            annotation_path=args.annotation,
+            annotation=annotation,
             on_progress=update,
         )
     finally:
@@ -130,11 +135,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if prediction.uncertainty is not None and prediction.uncertainty.ndim == 3:
         from .annotation import slices_to_paint
 
-        painted = None
-        if args.annotation:
-            from .io import read_volume
-
-            painted = read_volume(args.annotation).array
+        painted = annotation.array if annotation is not None else None
         suggested = slices_to_paint(prediction.uncertainty, painted, axis=0, count=3)
         if suggested:
             listed = ", ".join(str(k) for k in suggested)
