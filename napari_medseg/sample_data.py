@@ -16,6 +16,13 @@ Labels are remapped to consecutive values ``0..K`` so that ``k`` is structure ``
 * ``breast1``: 0 background, 1 ``lesion``.
 * ``prostate_phantom``: file values 0, 1, 7, 8, 9 become 0, 1, 2, 3, 4; the class names
   keep the file value: ``label_1``, ``label_7``, ``label_8``, ``label_9``.
+* ``brain_tissue``: 0 background (outside the brain), 1 ``CSF``, 2 ``grey matter``,
+  3 ``white matter``.
+
+``brain_tissue`` is not a scan but the MNI ICBM152 2009a template (an average of 152 brains,
+skull-stripped T1) at 2 mm, each brain voxel labelled with its most probable tissue; it is
+made by ``sample_data/make_brain_tissue.py`` and is the three-tissue, real-3D-structure case
+of the benchmarks (painted on a few slices per axis: :func:`slices_per_axis_annotation`).
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ import numpy as np
 
 from .annotation import mark_outside_box_background
 from .errors import MedsegError, MedsegInputError
-from .synthetic import make_synthetic_case, sparse_annotation_from_mask
+from .synthetic import make_synthetic_case, pick_slices, sparse_annotation_from_mask
 from .volume import Volume
 
 __all__ = [
+    "BRAIN_TISSUE",
+    "BUNDLED_CASES",
     "DEFAULT_AXIAL_SLICES",
     "REAL_CASES",
     "SAMPLE_NAMES",
@@ -41,11 +50,16 @@ __all__ = [
     "load_sample",
     "real_case_annotation",
     "sample_data_dir",
+    "slices_per_axis_annotation",
 ]
 
 REAL_CASES: tuple[str, ...] = ("brain1", "breast1", "prostate_phantom")
+#: The three-tissue template case (CSF, grey and white matter), painted on every axis.
+BRAIN_TISSUE = "brain_tissue"
+#: Everything :func:`load_real_case` accepts.
+BUNDLED_CASES: tuple[str, ...] = (*REAL_CASES, BRAIN_TISSUE)
 #: Everything :func:`load_sample` accepts.
-SAMPLE_NAMES: tuple[str, ...] = (*REAL_CASES, "synthetic")
+SAMPLE_NAMES: tuple[str, ...] = (*BUNDLED_CASES, "synthetic")
 
 #: Axial (z) slices painted by default in :func:`real_case_annotation`; they are the
 #: slices :func:`napari_medseg.synthetic.pick_slices` chooses through the label.
@@ -53,6 +67,7 @@ DEFAULT_AXIAL_SLICES: dict[str, tuple[int, ...]] = {
     "brain1": (12, 14, 16),  # tumour on z 11-17
     "breast1": (8, 10),  # lesion on z 8-10: z 9 is left to predict
     "prostate_phantom": (2, 6, 10),  # structures on every z 0-12
+    "brain_tissue": (13, 39, 65),  # pick_slices(label, 0, 3); brain on z 0-77
 }
 
 # file label value -> (consecutive label, class name), background excluded
@@ -65,6 +80,7 @@ _LABEL_MAPS: dict[str, dict[int, tuple[int, str]]] = {
         8: (3, "label_8"),
         9: (4, "label_9"),
     },
+    "brain_tissue": {1: (1, "CSF"), 2: (2, "grey matter"), 3: (3, "white matter")},
 }
 
 _MARKER = "brain1_image.nrrd"
@@ -164,14 +180,14 @@ def load_real_case(name: str) -> RealCase:
     Parameters
     ----------
     name : str
-        One of :data:`REAL_CASES`.
+        One of :data:`BUNDLED_CASES`.
 
     Returns
     -------
     RealCase
         Image and label volumes (axes ``z, y, x``), class names, default slices.
     """
-    _check_name(name, REAL_CASES)
+    _check_name(name, BUNDLED_CASES)
     folder = sample_data_dir()
     image = _read_volume(folder / f"{name}_image.nrrd")
     raw_label = _read_volume(folder / f"{name}_label.nrrd")
@@ -288,3 +304,32 @@ def real_case_annotation(
     if roi_margin is not None and np.any(label):
         mark_outside_box_background(annotation, _roi_box(label, roi_margin))
     return annotation
+
+
+def slices_per_axis_annotation(
+    name: str | RealCase, slices_per_axis: Sequence[int] = (3, 3, 3)
+) -> np.ndarray:
+    """A sparse annotation painting whole slices along every axis, as on ``brain_tissue``.
+
+    Along each axis ``a``, ``slices_per_axis[a]`` slices are chosen evenly through the
+    label's foreground (:func:`napari_medseg.synthetic.pick_slices`) and painted in full
+    from the expert label (structure ``k`` -> ``k + 1``, the rest ``1``).
+
+    Parameters
+    ----------
+    name : str or RealCase
+        A name from :data:`BUNDLED_CASES`, or an already loaded case.
+    slices_per_axis : sequence of int
+        Slices to paint along ``z``, ``y`` and ``x``.
+
+    Returns
+    -------
+    np.ndarray
+        ``uint8`` annotation on the case's grid.
+    """
+    case = name if isinstance(name, RealCase) else load_real_case(name)
+    label = np.asarray(case.label.array)
+    if len(slices_per_axis) != label.ndim:
+        raise MedsegInputError(f"slices_per_axis needs {label.ndim} values")
+    slices = {a: pick_slices(label, a, int(n)) for a, n in enumerate(slices_per_axis) if n}
+    return sparse_annotation_from_mask(label, slices)

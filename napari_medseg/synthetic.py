@@ -36,6 +36,7 @@ __all__ = [
     "ThresholdBaseline",
     "best_threshold_dice",
     "make_synthetic_case",
+    "nearest_mean_from_annotation",
     "pick_slices",
     "sparse_annotation_from_mask",
     "threshold_from_annotation",
@@ -550,4 +551,41 @@ def threshold_from_annotation(
         take = (image >= low) & (image < high) & (distance < best)
         segmentation[take] = k
         best[take] = distance[take]
+    return segmentation
+
+
+def nearest_mean_from_annotation(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
+    """Nearest-class-mean intensity classifier fitted on what the user painted.
+
+    Each voxel goes to the class (background included) whose mean annotated intensity is
+    closest: the plain intensity classifier the networks are compared with.
+
+    Parameters
+    ----------
+    image : np.ndarray
+        Intensities.
+    annotation : np.ndarray
+        Sparse annotation: ``0`` unknown, ``1`` background, ``k + 1`` structure ``k``.
+
+    Returns
+    -------
+    np.ndarray
+        ``uint8`` segmentation: ``0`` background, ``k`` structure ``k`` (a class nobody
+        painted is never chosen).
+    """
+    image, annotation = np.asarray(image), np.asarray(annotation)
+    n_classes = validate_annotation(annotation, image.shape)
+    means = np.full(n_classes, np.inf)
+    for k in range(n_classes):
+        painted = image[annotation == k + BACKGROUND]
+        if painted.size:
+            means[k] = float(np.mean(painted, dtype=np.float64))
+    segmentation = np.zeros(image.shape, dtype=np.uint8)
+    best = np.full(image.shape, np.inf)
+    values = image.astype(np.float64, copy=False)
+    for k in np.flatnonzero(np.isfinite(means)):
+        distance = np.abs(values - means[k])
+        closer = distance < best
+        segmentation[closer] = k
+        best[closer] = distance[closer]
     return segmentation

@@ -7,6 +7,7 @@ import pytest
 
 from napari_medseg._napari.sample import layer_tuples, nodules, synthetic
 from napari_medseg._qt._colors import CLASS_NAMES_KEY
+from napari_medseg.annotation import fully_annotated_slices
 
 WAIT_MS = 60_000
 
@@ -32,7 +33,9 @@ def test_manifest_declares_reader_writers_samples_and_widgets():
     assert [w.display_name for w in contributions.widgets] == [
         "1 · Annotate", "2 · Train", "3 · Predict", "4 · Metrics"
     ]
-    assert {s.key for s in contributions.sample_data} == {"synthetic", "nodules", "brain1"}
+    assert {s.key for s in contributions.sample_data} == {
+        "synthetic", "nodules", "brain1", "brain_tissue"
+    }
     patterns = contributions.readers[0].filename_patterns
     assert {"*.nii.gz", "*.nrrd", "*.dcm", "*.npy"} <= set(patterns)
     assert contributions.readers[0].accepts_directories
@@ -75,6 +78,21 @@ def test_brain_sample_has_mri_spacing():
     assert kind == "image" and image.ndim == 3
     assert meta["scale"][0] > meta["scale"][1]  # thick slices
     assert layers[1][0].shape == image.shape and layers[1][0].max() == 1
+
+
+def test_brain_tissue_sample_has_three_tissues_and_slices_on_every_axis():
+    from napari_medseg._napari.sample import brain_tissue
+
+    layers = brain_tissue()
+    names = [t[1]["name"] for t in layers]
+    assert names == ["brain tissue", "brain tissue expert mask", "brain tissue annotation"]
+    mask, annotation = layers[1][0], layers[2][0]
+    assert set(np.unique(mask)) == {0, 1, 2, 3}
+    assert set(np.unique(annotation)) == {0, 1, 2, 3, 4}
+    for axis in range(3):  # whole slices painted along z, y and x
+        assert fully_annotated_slices(annotation, axis)
+    assert layers[0][1]["metadata"][CLASS_NAMES_KEY] == ["CSF", "grey matter", "white matter"]
+    assert tuple(layers[0][1]["scale"]) == (2.0, 2.0, 2.0)
 
 
 # ----------------------------------------------------------------------------- forms

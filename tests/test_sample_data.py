@@ -12,14 +12,16 @@ import pytest
 from napari_medseg.annotation import fully_annotated_slices
 from napari_medseg.errors import MedsegInputError
 from napari_medseg.sample_data import (
+    BRAIN_TISSUE,
+    BUNDLED_CASES,
     DEFAULT_AXIAL_SLICES,
-    REAL_CASES,
     RealCase,
     annotation_from_slices,
     load_real_case,
     load_sample,
     real_case_annotation,
     sample_data_dir,
+    slices_per_axis_annotation,
 )
 from napari_medseg.synthetic import pick_slices
 
@@ -29,23 +31,26 @@ EXPECTED = {  # name: (shape z, y, x), spacing z, y, x, number of structures
     "brain1": ((25, 256, 256), (6.5, 0.78125, 0.78125), 1),
     "breast1": ((21, 120, 45), (2.1, 0.664062, 0.664062), 1),
     "prostate_phantom": ((13, 67, 82), (3.0, 0.5, 0.5), 4),
+    "brain_tissue": ((81, 97, 79), (2.0, 2.0, 2.0), 3),
 }
 
 
 @pytest.fixture(scope="module")
 def cases() -> dict[str, RealCase]:
-    return {name: load_real_case(name) for name in REAL_CASES}
+    return {name: load_real_case(name) for name in BUNDLED_CASES}
 
 
 def test_sample_data_dir_holds_the_files_and_attribution():
     folder = sample_data_dir()
-    assert (folder / "ATTRIBUTION.md").is_file()
-    for name in REAL_CASES:
+    attribution = (folder / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    for name in BUNDLED_CASES:
         assert (folder / f"{name}_image.nrrd").is_file()
         assert (folder / f"{name}_label.nrrd").is_file()
+    assert "PyRadiomics" in attribution
+    assert "Copyright (C) 1993-2009 Louis Collins" in attribution
 
 
-@pytest.mark.parametrize("name", REAL_CASES)
+@pytest.mark.parametrize("name", BUNDLED_CASES)
 def test_real_case_geometry_and_labels(cases, name):
     case = cases[name]
     shape, spacing, n_structures = EXPECTED[name]
@@ -76,7 +81,7 @@ def test_prostate_labels_are_remapped_and_documented(cases):
     assert counts[1:].tolist() == [168, 170, 2997, 9088]
 
 
-@pytest.mark.parametrize("name", REAL_CASES)
+@pytest.mark.parametrize("name", BUNDLED_CASES)
 def test_default_slices_go_through_the_structures(cases, name):
     case = cases[name]
     slices = DEFAULT_AXIAL_SLICES[name]
@@ -167,3 +172,36 @@ def test_generate_synthetic_script(tmp_path):
     painted = annotation > 0
     assert painted.any()
     np.testing.assert_array_equal(annotation[painted], label[painted] + 1)
+
+
+def test_brain_tissue_is_three_tissues_ordered_by_t1_brightness(cases):
+    case = cases[BRAIN_TISSUE]
+    assert case.class_names == ("CSF", "grey matter", "white matter")
+    image, label = case.image.array, case.label.array
+    assert image.dtype == np.uint8
+    assert (image[label == 0] < 128).all()  # outside the skull-stripped brain: dark
+    medians = [float(np.median(image[label == k])) for k in (1, 2, 3)]
+    assert medians == sorted(medians)  # T1: CSF darkest, white matter brightest
+    counts = np.bincount(label.ravel(), minlength=4)
+    assert counts[1:].tolist() == [18584, 139965, 78909]
+    # the template's orientation is kept (file direction diag(-1, -1, 1), x y z)
+    np.testing.assert_allclose(case.image.direction, np.diag([1.0, -1.0, -1.0]), atol=1e-9)
+
+
+def test_slices_per_axis_annotation_paints_whole_slices_on_every_axis(cases):
+    case = cases[BRAIN_TISSUE]
+    label = case.label.array
+    ann = slices_per_axis_annotation(case, (3, 2, 1))
+    assert ann.dtype == np.uint8 and ann.shape == label.shape
+    for axis, n in enumerate((3, 2, 1)):
+        slices = pick_slices(label, axis, n)
+        assert fully_annotated_slices(ann, axis) == slices
+        for index in slices:
+            np.testing.assert_array_equal(
+                np.take(ann, index, axis=axis), np.take(label, index, axis=axis) + 1
+            )
+    assert set(np.unique(ann)) == {0, 1, 2, 3, 4}
+    painted = ann > 0
+    np.testing.assert_array_equal(ann[painted], label[painted] + 1)
+    with pytest.raises(MedsegInputError, match="3 values"):
+        slices_per_axis_annotation(case, (3, 3))

@@ -13,6 +13,7 @@ from napari_medseg.synthetic import (
     SyntheticCase,
     best_threshold_dice,
     make_synthetic_case,
+    nearest_mean_from_annotation,
     pick_slices,
     sparse_annotation_from_mask,
     threshold_from_annotation,
@@ -186,3 +187,17 @@ def test_threshold_from_annotation_on_separable_image():
     np.testing.assert_array_equal(segmentation, mask)
     with pytest.raises(MedsegInputError):
         threshold_from_annotation(image, np.zeros(mask.shape, np.uint8))
+
+
+def test_nearest_mean_from_annotation_assigns_the_closest_painted_mean():
+    image = np.array([[[0.0, 0.2, 0.45, 0.55, 0.8, 1.0, 5.0]]])
+    annotation = np.array([[[1, 0, 0, 0, 0, 2, 0]]], dtype=np.uint8)  # bg at 0, structure at 1
+    np.testing.assert_array_equal(
+        nearest_mean_from_annotation(image, annotation), [[[0, 0, 0, 1, 1, 1, 1]]]
+    )
+    # a structure nobody painted (3 -> structure 2 absent) is never chosen
+    annotation = np.array([[[1, 0, 0, 0, 0, 2, 4]]], dtype=np.uint8)
+    seg = nearest_mean_from_annotation(image, annotation)
+    assert seg[0, 0, -1] == 3 and 2 not in seg
+    with pytest.raises(MedsegInputError):
+        nearest_mean_from_annotation(image, np.zeros((1, 1, 7), np.uint8))

@@ -114,3 +114,22 @@ def brain1() -> list[LayerData]:
 
     case = load_real_case("brain1")
     return layer_tuples("brain1", case.image, case.label.array, list(case.class_names))
+
+
+def brain_tissue() -> list[LayerData]:
+    """Three brain tissues at 2 mm (the MNI ICBM152 template): image, expert mask, annotation.
+
+    81 × 97 × 79 voxels; CSF, grey and white matter, three whole slices painted per axis
+    (:func:`~napari_medseg.sample_data.slices_per_axis_annotation`): a multi-structure case
+    with real 3D anatomy. An average of 152 brains, not one patient's scan.
+    """
+    from ..sample_data import BRAIN_TISSUE, load_real_case, slices_per_axis_annotation
+
+    case = load_real_case(BRAIN_TISSUE)
+    return layer_tuples(
+        "brain tissue",
+        case.image,
+        case.label.array,
+        list(case.class_names),
+        slices_per_axis_annotation(case),
+    )
