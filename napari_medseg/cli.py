@@ -306,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole loop headless on bundled sample data")
     p.add_argument(
-        "--case", default="synthetic", help="synthetic, brain1, breast1 or prostate_phantom"
+        "--case",
+        default="synthetic",
+        help="synthetic, brain1, breast1, prostate_phantom or brain_tissue",
     )
     p.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--device", choices=devices, default="auto")

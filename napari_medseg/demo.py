@@ -28,7 +28,7 @@ class DemoCase:
 
 
 def load_demo_case(case: str) -> DemoCase:
-    """The synthetic volume, or one of the bundled real MRI cases with its default annotation."""
+    """The synthetic volume, or one of the bundled cases with its default annotation."""
     if case == "synthetic":
         from .synthetic import make_synthetic_case
 
@@ -41,17 +41,25 @@ def load_demo_case(case: str) -> DemoCase:
             tuple(syn.spacing),
             list(syn.class_names),
         )
-    from .sample_data import REAL_CASES, load_real_case, real_case_annotation
+    from .sample_data import (
+        BRAIN_TISSUE,
+        BUNDLED_CASES,
+        load_real_case,
+        real_case_annotation,
+        slices_per_axis_annotation,
+    )
 
-    if case not in REAL_CASES:
+    if case not in BUNDLED_CASES:
         raise MedsegInputError(
-            f"unknown demo case {case!r}: use synthetic or one of {', '.join(REAL_CASES)}"
+            f"unknown demo case {case!r}: use synthetic or one of {', '.join(BUNDLED_CASES)}"
         )
     real = load_real_case(case)
+    # the tissue template is painted on every axis; the scans on a few axial slices + a box
+    painted = slices_per_axis_annotation if case == BRAIN_TISSUE else real_case_annotation
     return DemoCase(
         case,
         np.asarray(real.image.array),
-        real_case_annotation(case),
+        painted(real),
         np.asarray(real.label.array),
         tuple(real.image.spacing),
         list(getattr(real, "class_names", []) or []),
