@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -64,3 +65,15 @@ def synthetic_viewer(make_napari_viewer, models):
     ):
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     return viewer
+
+
+@pytest.fixture
+def cube_case() -> tuple[np.ndarray, np.ndarray]:
+    """A bright cube in noise (16 x 24 x 24), its middle axial slice painted."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((16, 24, 24), np.uint8)
+    truth[4:12, 6:18, 6:18] = 1
+    image = (truth * 2.0 + rng.normal(0, 0.3, truth.shape)).astype(np.float32)
+    annotation = np.zeros(truth.shape, np.uint8)
+    annotation[8] = truth[8] + 1
+    return image, annotation
