@@ -160,3 +160,22 @@ def test_auto_leaves_the_two_dimensional_networks_as_trained(arch, cube_case):
         train(image, annotation, TrainConfig(arch=arch, iterations=2, time_budget=None))
     )
     assert model.config.history["batch_norm_calibration_tiles"] == []
+
+
+def test_a_stopped_run_ends_at_once_as_trained(cube_case):
+    image, annotation = cube_case
+    stop = threading.Event()
+    items = []
+
+    def on_progress(p) -> None:
+        items.append(p)
+        if p.step == 2:
+            stop.set()
+
+    model = run_to_completion(
+        train(image, annotation, TrainConfig(iterations=20, time_budget=None), stop=stop),
+        on_progress,
+    )
+    assert [p.step for p in items] == [1, 2]
+    assert model.config.history["stop_reason"] == "stopped"
+    assert model.config.history["batch_norm_calibration_tiles"] == []
