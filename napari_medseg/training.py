@@ -467,7 +467,7 @@ def train(
                 # not after Stop, which must take effect at once: that model stays as trained
                 ready = keep and calibrate and state.step and reason != "stopped"
                 if ready and batch_norm_layers(run.network):
-                    message = "calibrating batch norm on the whole image"
+                    message = "calibrating batch norm on the unpainted region"
                     yield progress(member, state.losses[-1], message)
                     tiles = run.calibrate(normalized[(slice(None), *decided)], patch_shape)
                     calibration_tiles.append(tiles)

@@ -108,7 +108,7 @@ def test_training_calibrates_and_only_the_statistics_differ(arch, setting, cube_
         except StopIteration as done:
             calibrated = done.value
             break
-    assert messages[-1] == "calibrating batch norm on the whole image"
+    assert messages[-1] == "calibrating batch norm on the unpainted region"
     assert calibrated.config.history["batch_norm_calibration_tiles"][0] > 0
     plain = run_to_completion(
         train(image, annotation, TrainConfig(**{**vars(base), "calibrate_batch_norm": "off"}))

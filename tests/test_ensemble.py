@@ -49,7 +49,7 @@ def test_members_train_in_turn_with_their_own_seeds(trained):
     assert all(p.total_steps == 9 for p in items)
     assert [p.message for p in steps[::3]] == ["network 1/3", "network 2/3", "network 3/3"]
     assert [p.message for p in items if p not in steps] == [
-        f"network {k}/3 calibrating batch norm on the whole image" for k in (1, 2, 3)
+        f"network {k}/3 calibrating batch norm on the unpainted region" for k in (1, 2, 3)
     ]
     fractions = [p.fraction for p in items]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)

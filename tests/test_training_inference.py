@@ -38,7 +38,7 @@ def test_training_yields_progress_and_returns_a_model():
             break
     # one item per optimisation step, then one saying the batch-norm statistics are computed
     assert [p.step for p in items] == [1, 2, 3, 3]
-    assert [p.message for p in items][-1] == "calibrating batch norm on the whole image"
+    assert [p.message for p in items][-1] == "calibrating batch norm on the unpainted region"
     assert all(isinstance(p, TrainProgress) and np.isfinite(p.loss) for p in items)
     assert items[-1].fraction == pytest.approx(1.0)
     assert model.config.n_classes == 2
