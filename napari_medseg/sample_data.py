@@ -35,7 +35,7 @@ import numpy as np
 
 from .annotation import mark_outside_box_background
 from .errors import MedsegError, MedsegInputError
-from .synthetic import make_synthetic_case, pick_slices, sparse_annotation_from_mask
+from .synthetic import make_synthetic_case, paint_slices_per_axis, sparse_annotation_from_mask
 from .volume import Volume
 
 __all__ = [
@@ -312,8 +312,8 @@ def slices_per_axis_annotation(
     """A sparse annotation painting whole slices along every axis, as on ``brain_tissue``.
 
     Along each axis ``a``, ``slices_per_axis[a]`` slices are chosen evenly through the
-    label's foreground (:func:`napari_medseg.synthetic.pick_slices`) and painted in full
-    from the expert label (structure ``k`` -> ``k + 1``, the rest ``1``).
+    label's foreground and painted in full from the expert label (structure ``k`` ->
+    ``k + 1``, the rest ``1``): :func:`napari_medseg.synthetic.paint_slices_per_axis`.
 
     Parameters
     ----------
@@ -328,8 +328,4 @@ def slices_per_axis_annotation(
         ``uint8`` annotation on the case's grid.
     """
     case = name if isinstance(name, RealCase) else load_real_case(name)
-    label = np.asarray(case.label.array)
-    if len(slices_per_axis) != label.ndim:
-        raise MedsegInputError(f"slices_per_axis needs {label.ndim} values")
-    slices = {a: pick_slices(label, a, int(n)) for a, n in enumerate(slices_per_axis) if n}
-    return sparse_annotation_from_mask(label, slices)
+    return paint_slices_per_axis(np.asarray(case.label.array), slices_per_axis)[0]

@@ -37,6 +37,7 @@ __all__ = [
     "best_threshold_dice",
     "make_synthetic_case",
     "nearest_mean_from_annotation",
+    "paint_slices_per_axis",
     "pick_slices",
     "sparse_annotation_from_mask",
     "threshold_from_annotation",
@@ -315,12 +316,12 @@ def painted_case(
     slices_per_axis: Sequence[int],
 ) -> SyntheticCase:
     """A :class:`SyntheticCase` whose annotation paints ``slices_per_axis`` slices per axis
-    through the structures (:func:`pick_slices`, :func:`sparse_annotation_from_mask`)."""
-    slices = {axis: pick_slices(labels, axis, n) for axis, n in enumerate(slices_per_axis) if n}
+    through the structures (:func:`paint_slices_per_axis`)."""
+    annotation, slices = paint_slices_per_axis(labels, slices_per_axis)
     return SyntheticCase(
         image=image,
         expert_mask=labels,
-        annotation=sparse_annotation_from_mask(labels, slices),
+        annotation=annotation,
         spacing=tuple(float(s) for s in spacing),
         class_names=tuple(class_names),
         annotated_slices=slices,
@@ -328,6 +329,27 @@ def painted_case(
 
 
 # --------------------------------------------------------------------------- slices
+
+
+def paint_slices_per_axis(
+    mask: np.ndarray, slices_per_axis: Sequence[int]
+) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """Paint ``slices_per_axis[a]`` whole slices along each axis ``a``, through the structures.
+
+    The slices are chosen by :func:`pick_slices` and painted from ``mask`` by
+    :func:`sparse_annotation_from_mask`.
+
+    Returns
+    -------
+    (np.ndarray, dict of int to list of int)
+        The ``uint8`` annotation and the painted slices per axis.
+    """
+    mask = np.asarray(mask)
+    if len(slices_per_axis) != mask.ndim:
+        raise MedsegInputError(f"slices_per_axis needs {mask.ndim} values")
+    slices = {a: pick_slices(mask, a, int(n)) for a, n in enumerate(slices_per_axis) if n}
+    return sparse_annotation_from_mask(mask, slices), slices
+
 
 
 def pick_slices(mask: np.ndarray, axis: int, n: int) -> list[int]:
