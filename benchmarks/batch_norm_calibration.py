@@ -1,9 +1,9 @@
 """Paired measure of batch-norm calibration: the same 3D U-Net with and without it.
 
-Each run trains the default 3D U-Net with ``calibrate_batch_norm="off"`` on a case's sparse
+Each run trains the default 3D U-Net (``calibrate_batch_norm=False``) on a case's sparse
 annotation, scores it on the unannotated voxels, then re-estimates its batch-norm statistics
 (:func:`napari_medseg.models.calibration.recalibrate_batch_norm`) on tiles of the region where
-prediction decides (what ``"auto"`` does after training) and, for comparison, of the whole
+prediction decides (what ``calibrate_batch_norm=True`` does after training) and of the whole
 image, and scores each. One JSON line per run. Runs are sequential; run it alone.
 
     .venv/bin/python benchmarks/batch_norm_calibration.py --cases brain_tissue --seeds 0,1,2
@@ -67,7 +67,7 @@ def main() -> int:
             return evaluate(seg, expert, labels=labels, mask=scored, surface_distances=False)
 
         for seed in (int(s) for s in args.seeds.split(",")):
-            config = TrainConfig(time_budget=args.budget, seed=seed, calibrate_batch_norm="off")
+            config = TrainConfig(time_budget=args.budget, seed=seed, calibrate_batch_norm=False)
             model = run_to_completion(train(image, annotation, config, spacing=spacing))
             normalized = model.config.normalization.apply(image)[np.newaxis]
             patch = model.config.patch_shape

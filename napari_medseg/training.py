@@ -59,19 +59,19 @@ class TrainConfig:
         a laptop trains it in minutes, and a GPU did no better with 16).
     batch_norm : bool
         Batch normalisation after every convolution (the paper's choice).
-    calibrate_batch_norm : {"auto", "on", "off"}
+    calibrate_batch_norm : bool
         After training, re-estimate the batch-norm statistics on un-augmented tiles of the
         image where prediction decides (the box of voxels nobody painted, grown by half a
         patch; the whole image if everything is painted) instead of keeping those of the
         class-balanced, augmented training patches (:mod:`napari_medseg.models.calibration`;
-        seconds, weights untouched; not after Stop, which must take effect at once).
-        ``auto``: for the 3D U-Net, where it was measured.
-        Paired on the same 3D U-Nets, it raised the three-tissue brain by +0.012 to +0.055
-        Dice (CSF 0.54 -> 0.68), brain1 by +0.005 and +0.012, breast1 by -0.032 to +0.067
-        and the prostate phantom by -0.001 and +0.024, and cost the synthetic volumes 0.002
-        to 0.016 (``benchmarks/results/batch_norm_calibration.jsonl``). The 2D networks
-        were not measured on real scans, and the FCN lost on a toy volume, so ``auto``
-        leaves them as trained.
+        seconds, weights untouched; not after Stop, which must take effect at once). Off by
+        default: paired on the same 3D U-Nets it raised the three-tissue brain by +0.012 to
+        +0.055 Dice (CSF 0.54 -> 0.68) and brain1 by +0.005 and +0.012, but seven brain1
+        runs with it on (180 s, seeds 0-6) gave 0.371-0.797 (median 0.768) against
+        0.513-0.801 (median 0.785) without, three of them marking tumour far from it; breast1
+        moved by -0.032 to +0.067, the synthetic volumes by -0.016 to -0.002
+        (``benchmarks/results/batch_norm_calibration.jsonl``,
+        ``brain1_180s_calibrated_cli.txt``).
     patch_shape : tuple of int or None
         Training patch, array order; ``None`` chooses one from the image size and spacing.
     batch_size : int
@@ -126,7 +126,7 @@ class TrainConfig:
     seed: int = 0
     base_channels: int | None = None
     batch_norm: bool = True
-    calibrate_batch_norm: Literal["auto", "on", "off"] = "auto"
+    calibrate_batch_norm: bool = False
     patch_shape: tuple[int, int, int] | None = None
     batch_size: int = 2
     learning_rate: float = 1e-2
@@ -152,10 +152,6 @@ class TrainConfig:
             raise MedsegInputError("the iteration count must be at least 1")
         if self.flips not in ("auto", "on", "off"):
             raise MedsegInputError(f"flips must be auto, on or off, not {self.flips!r}")
-        if self.calibrate_batch_norm not in ("auto", "on", "off"):
-            raise MedsegInputError(
-                f"calibrate_batch_norm must be auto, on or off, not {self.calibrate_batch_norm!r}"
-            )
         if (self.base_channels is not None and self.base_channels < 1) or self.batch_size < 1:
             raise MedsegInputError("base channels and batch size must be at least 1")
         if self.batch_workers is not None and self.batch_workers < 0:
@@ -390,9 +386,6 @@ def train(
     else:
         flips = config.flips == "on"
     aug_config = AugmentConfig(elastic=config.elastic, flips=flips, rotate90=flips)
-    calibrate = config.calibrate_batch_norm == "on" or (
-        config.calibrate_batch_norm == "auto" and config.arch == "unet3d"
-    )
     workers = config.batch_workers
     if workers is None:
         workers = default_workers(device.type)
@@ -465,7 +458,7 @@ def train(
                     yield progress(member, loss)
                 keep = reason == "finished" or not networks
                 # not after Stop, which must take effect at once: that model stays as trained
-                ready = keep and calibrate and state.step and reason != "stopped"
+                ready = keep and config.calibrate_batch_norm and state.step and reason != "stopped"
                 if ready and batch_norm_layers(run.network):
                     message = "calibrating batch norm on the unpainted region"
                     yield progress(member, state.losses[-1], message)

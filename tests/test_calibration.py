@@ -89,8 +89,8 @@ def test_a_volume_smaller_than_the_patch_is_padded_like_training():
     assert recalibrate_batch_norm(net, tiny, (16, 16, 16)) == 1
 
 
-@pytest.mark.parametrize(("arch", "setting"), [("unet3d", "auto"), ("unet2d", "on")])
-def test_training_calibrates_and_only_the_statistics_differ(arch, setting, cube_case):
+@pytest.mark.parametrize("arch", ["unet3d", "unet2d"])
+def test_training_calibrates_and_only_the_statistics_differ(arch, cube_case):
     image, annotation = cube_case
     base = TrainConfig(
         arch=arch,
@@ -98,7 +98,7 @@ def test_training_calibrates_and_only_the_statistics_differ(arch, setting, cube_
         time_budget=None,
         base_channels=4,
         seed=0,
-        calibrate_batch_norm=setting,
+        calibrate_batch_norm=True,
     )
     gen = train(image, annotation, base)
     messages = []
@@ -111,7 +111,7 @@ def test_training_calibrates_and_only_the_statistics_differ(arch, setting, cube_
     assert messages[-1] == "calibrating batch norm on the unpainted region"
     assert calibrated.config.history["batch_norm_calibration_tiles"][0] > 0
     plain = run_to_completion(
-        train(image, annotation, TrainConfig(**{**vars(base), "calibrate_batch_norm": "off"}))
+        train(image, annotation, TrainConfig(**{**vars(base), "calibrate_batch_norm": False}))
     )
     assert plain.config.history["batch_norm_calibration_tiles"] == []
     a, b = calibrated.network.state_dict(), plain.network.state_dict()
@@ -126,7 +126,13 @@ def test_every_ensemble_member_is_calibrated(cube_case):
         train(
             image,
             annotation,
-            TrainConfig(iterations=2, time_budget=None, base_channels=4, ensemble=2),
+            TrainConfig(
+                iterations=2,
+                time_budget=None,
+                base_channels=4,
+                ensemble=2,
+                calibrate_batch_norm=True,
+            ),
         )
     )
     tiles = model.config.history["batch_norm_calibration_tiles"]
@@ -143,7 +149,13 @@ def test_statistics_come_from_where_prediction_decides():
     annotation[4:12, 84:108, 84:108] = 0  # ... but a box nobody painted
     annotation[8, 88:104, 88:104] = 2  # and the structure on its middle slice
     model = run_to_completion(
-        train(image, annotation, TrainConfig(iterations=2, time_budget=None, base_channels=4))
+        train(
+            image,
+            annotation,
+            TrainConfig(
+                iterations=2, time_budget=None, base_channels=4, calibrate_batch_norm=True
+            ),
+        )
     )
     patch = model.config.patch_shape
     box = unknown_region(annotation_to_target(annotation), [p // 2 for p in patch])
@@ -153,13 +165,16 @@ def test_statistics_come_from_where_prediction_decides():
     assert expected < whole
 
 
-@pytest.mark.parametrize("arch", ["unet2d", "fcn"])
-def test_auto_leaves_the_two_dimensional_networks_as_trained(arch, cube_case):
+@pytest.mark.parametrize("arch", ["unet3d", "unet2d", "fcn"])
+def test_by_default_networks_are_left_as_trained(arch, cube_case):
     image, annotation = cube_case
+    items = []
     model = run_to_completion(
-        train(image, annotation, TrainConfig(arch=arch, iterations=2, time_budget=None))
+        train(image, annotation, TrainConfig(arch=arch, iterations=2, time_budget=None)),
+        items.append,
     )
     assert model.config.history["batch_norm_calibration_tiles"] == []
+    assert [p.step for p in items] == [1, 2] and not any(p.message for p in items)
 
 
 def test_a_stopped_run_ends_at_once_as_trained(cube_case):
@@ -173,7 +188,12 @@ def test_a_stopped_run_ends_at_once_as_trained(cube_case):
             stop.set()
 
     model = run_to_completion(
-        train(image, annotation, TrainConfig(iterations=20, time_budget=None), stop=stop),
+        train(
+            image,
+            annotation,
+            TrainConfig(iterations=20, time_budget=None, calibrate_batch_norm=True),
+            stop=stop,
+        ),
         on_progress,
     )
     assert [p.step for p in items] == [1, 2]
