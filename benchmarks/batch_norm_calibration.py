@@ -18,6 +18,7 @@ import json
 import sys
 
 import numpy as np
+from paper_table import load_case  # benchmarks/ is on the path when run as a script
 
 from napari_medseg.annotation import annotation_to_target
 from napari_medseg.inference import PredictConfig, predict
@@ -30,27 +31,6 @@ from napari_medseg.training import TrainConfig, train
 CASES = ("brain1", "breast1", "prostate_phantom", "brain_tissue", "synthetic0", "synthetic1")
 
 
-def load(name: str):
-    """(image, annotation, expert mask, spacing) of a case."""
-    if name.startswith("synthetic"):
-        from napari_medseg.synthetic import make_synthetic_case
-
-        n, slices = (1, (1, 1, 1)) if name == "synthetic0" else (3, (3, 2, 1))
-        case = make_synthetic_case(n_structures=n, seed=int(name[-1]), slices_per_axis=slices)
-        return case.image, case.annotation, case.expert_mask, case.spacing
-    from napari_medseg.sample_data import (
-        BRAIN_TISSUE,
-        load_real_case,
-        real_case_annotation,
-        slices_per_axis_annotation,
-    )
-
-    real = load_real_case(name)
-    painted = slices_per_axis_annotation if name == BRAIN_TISSUE else real_case_annotation
-    image, label = np.asarray(real.image.array), np.asarray(real.label.array)
-    return image, painted(real), label, real.spacing
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="brain_tissue", help=f"comma-separated: {CASES}")
@@ -58,7 +38,10 @@ def main() -> int:
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args()
     for name in args.cases.split(","):
-        image, annotation, expert, spacing = load(name)
+        case = load_case(name)
+        image, annotation, expert, spacing = (
+            case.image, case.annotation, case.expert, case.spacing
+        )
         labels = [int(v) for v in np.unique(expert) if v]
         scored = annotation == 0
 

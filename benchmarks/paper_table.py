@@ -128,7 +128,8 @@ def load_case(name: str) -> Case:
     Parameters
     ----------
     name : str
-        One of :data:`CASES`.
+        One of :data:`CASES`, or ``"brain_tissue"`` (the three-tissue template, painted on
+        3 slices per axis; not in the default table).
 
     Returns
     -------
@@ -147,13 +148,20 @@ def load_case(name: str) -> Case:
             tuple(syn.spacing),
             list(syn.class_names),
         )
-    from napari_medseg.sample_data import load_real_case, real_case_annotation
+    from napari_medseg.sample_data import (
+        BRAIN_TISSUE,
+        load_real_case,
+        real_case_annotation,
+        slices_per_axis_annotation,
+    )
 
     real = load_real_case(name)
+    # the tissue template is painted on every axis; the scans on a few axial slices + a box
+    painted = slices_per_axis_annotation if name == BRAIN_TISSUE else real_case_annotation
     return Case(
         name,
         np.asarray(real.image.array),
-        real_case_annotation(real),
+        painted(real),
         np.asarray(real.label.array),
         tuple(float(s) for s in real.image.spacing),
         list(real.class_names),

@@ -373,10 +373,6 @@ def train(
     net_config = _network_config(config, n_classes, spacing_t, patch_shape)
     normalized = normalization.apply(image)[np.newaxis]
     sampler = AnnotatedPatchSampler(normalized, target, patch_shape, rng)
-    # where prediction decides: the voxels nobody painted, grown by half a patch
-    decided = unknown_region(target, [p // 2 for p in patch_shape]) or tuple(
-        slice(0, n) for n in target.shape
-    )
     power = config.class_weight_power
     if power is None:
         power = default_class_weight_power(counts)
@@ -462,7 +458,8 @@ def train(
                 if ready and batch_norm_layers(run.network):
                     message = "calibrating batch norm on the unpainted region"
                     yield progress(member, state.losses[-1], message)
-                    tiles = run.calibrate(normalized[(slice(None), *decided)], patch_shape)
+                    tiles = run.calibrate(_decided_region(normalized, target, patch_shape),
+                                          patch_shape)
                     calibration_tiles.append(tiles)
             finally:
                 run.release()
@@ -506,6 +503,15 @@ def train(
         history=history,
     )
     return TrainedModel(network, model_config)
+
+
+def _decided_region(
+    normalized: np.ndarray, target: np.ndarray, patch_shape: Sequence[int]
+) -> np.ndarray:
+    """The image where prediction decides: the box of voxels nobody painted, grown by half a
+    patch (the whole image when everything is painted)."""
+    box = unknown_region(target, [p // 2 for p in patch_shape])
+    return normalized if box is None else normalized[(slice(None), *box)]
 
 
 def _fraction(config: TrainConfig, step: int, elapsed: float) -> float:
