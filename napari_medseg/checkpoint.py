@@ -48,6 +48,10 @@ class ModelConfig:
         Voxel spacing (mm, array order) of the training image.
     patch_shape : tuple of int
         Patch shape used in training (inference tiles are at least this size).
+    planes : tuple of int
+        2D networks: the axes across which they take slices, ``(0,)`` or ``(0, 1, 2)``
+        (prediction then averages a pass per plane). ``(0,)`` for the 3D U-Net, and for
+        files written before planes existed.
     training : dict
         The training settings (a :class:`~napari_medseg.training.TrainConfig` as a dict).
     history : dict
@@ -59,6 +63,7 @@ class ModelConfig:
     normalization: IntensityNormalization
     spacing: tuple[float, ...]
     patch_shape: tuple[int, ...]
+    planes: tuple[int, ...] = (0,)
     training: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     medseg_version: str = __version__
@@ -84,6 +89,7 @@ class ModelConfig:
             "normalization": self.normalization.to_dict(),
             "spacing": list(self.spacing),
             "patch_shape": list(self.patch_shape),
+            "planes": list(self.planes),
             "training": _jsonable(self.training),
             "history": _jsonable(self.history),
         }
@@ -116,12 +122,24 @@ class ModelConfig:
                 normalization=IntensityNormalization.from_dict(data["normalization"]),
                 spacing=tuple(float(s) for s in data["spacing"]),
                 patch_shape=tuple(int(s) for s in data["patch_shape"]),
+                planes=_planes(data.get("planes", [0])),
                 training=dict(data.get("training", {})),
                 history=dict(data.get("history", {})),
                 medseg_version=str(data.get("medseg_version", "?")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise MedsegInputError(f"model config is incomplete or invalid: {exc}") from None
+
+
+def _planes(value: Any) -> tuple[int, ...]:
+    """Validated ``planes`` of a model config: distinct axes 0-2, sorted."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"planes must be a non-empty list, not {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"planes must be axes 0, 1 or 2, not {value!r}")
+    if not all(0 <= v <= 2 for v in value) or value != sorted(set(value)):
+        raise ValueError(f"planes must be distinct sorted axes 0, 1 or 2, not {value!r}")
+    return tuple(value)
 
 
 @dataclass

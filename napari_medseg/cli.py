@@ -48,11 +48,12 @@ def _train_config(args: argparse.Namespace):
         base_channels=getattr(args, "base_channels", None),
         flips=args.flips,
         ensemble=args.ensemble,
+        planes=args.planes,
     )
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``train`` and ``crossval``: flips and ensembles."""
+    """Options shared by ``train`` and ``crossval``: flips, ensembles and 2D planes."""
     parser.add_argument(
         "--flips",
         choices=["auto", "on", "off"],
@@ -67,6 +68,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="train N networks, each with its own seed and 1/N of the time, and average "
         "them (steadier results; default 1)",
+    )
+    parser.add_argument(
+        "--planes",
+        choices=["auto", "one", "three"],
+        default="auto",
+        help="2D networks: take slices across the first axis only (one) or across all three "
+        "and average (three); auto: three when slices were painted in several planes of a "
+        "volume with near-cubic voxels",
     )
 
 

@@ -52,7 +52,7 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 
@@ -61,6 +61,7 @@ from .checkpoint import TrainedModel
 from .errors import MedsegInputError
 from .inference import PredictConfig, Prediction, predict
 from .metrics import dice, jaccard
+from .painted_slices import AXIS_NAMES, SliceUnit, as_3d, find_units, slice_view
 from .training import TrainConfig, train
 
 __all__ = [
@@ -77,22 +78,8 @@ __all__ = [
     "held_out_mask",
 ]
 
-#: Short names of the array axes ``(z, y, x)``, used in tables and JSON.
-AXIS_NAMES: tuple[str, str, str] = ("z", "y", "x")
-
 #: Share of a fold's progress given to training (the rest is prediction).
 _TRAIN_SHARE = 0.9
-
-
-class SliceUnit(NamedTuple):
-    """One painted slice: ``axis`` (0, 1, 2 = z, y, x) and ``index`` along it."""
-
-    axis: int
-    index: int
-
-    def label(self) -> str:
-        """Short text such as ``"z12"``."""
-        return f"{AXIS_NAMES[self.axis]}{self.index}"
 
 
 @dataclass
@@ -362,152 +349,6 @@ class CrossValResult:
         return "\n".join(line.rstrip() for line in lines)
 
 
-# --------------------------------------------------------------------------- units
-
-
-def _plane(array: np.ndarray, unit: SliceUnit) -> np.ndarray:
-    """View of one slice of a 3D array."""
-    return np.moveaxis(array, unit.axis, 0)[unit.index]
-
-
-def _as_3d(array: np.ndarray, name: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim == 2:
-        return array[np.newaxis]
-    if array.ndim != 3:
-        raise MedsegInputError(f"{name} has {array.ndim} dimensions; crossval needs 2D or 3D")
-    return array
-
-
-def _run_lengths(annotated: np.ndarray, axis: int) -> np.ndarray:
-    """Per annotated voxel, the length of the run of annotated voxels along ``axis`` through it.
-
-    ``0`` on voxels that are not annotated.
-    """
-    moved = np.moveaxis(annotated, axis, -1)
-    n = moved.shape[-1]
-    dtype = np.int16 if n < 2**15 - 2 else np.int32
-    index = np.arange(n, dtype=dtype)
-    before = np.maximum.accumulate(np.where(moved, dtype(-1), index), axis=-1)
-    after = np.minimum.accumulate(np.where(moved, dtype(n), index)[..., ::-1], axis=-1)[..., ::-1]
-    runs = np.where(moved, after - before - 1, 0).astype(dtype, copy=False)
-    return np.moveaxis(runs, -1, axis)
-
-
-def _unknown_neighbours(unknown: np.ndarray, axis: int) -> np.ndarray:
-    """Per voxel, how many of its two neighbours along ``axis`` are unknown (0, 1 or 2)."""
-    count = np.zeros(unknown.shape, dtype=np.int8)
-    moved_count, moved = np.moveaxis(count, axis, 0), np.moveaxis(unknown, axis, 0)
-    moved_count[1:] += moved[:-1]
-    moved_count[:-1] += moved[1:]
-    return count
-
-
-def _voted_slices(
-    scores: Sequence[np.ndarray], voters: np.ndarray, structure: np.ndarray, larger: bool
-) -> list[SliceUnit]:
-    """Slices chosen by a per-voxel, per-axis score: a voter votes for the slice across the
-    axis whose score beats both others (``larger``: highest, else lowest); slices with a
-    vote and a structure voxel are returned."""
-    units = []
-    for a in range(3):
-        others = [scores[b] for b in range(3) if b != a]
-        if larger:
-            votes = voters & (scores[a] > others[0]) & (scores[a] > others[1])
-        else:
-            votes = voters & (scores[a] < others[0]) & (scores[a] < others[1])
-        rest = tuple(b for b in range(3) if b != a)
-        hits = np.any(votes, axis=rest) & np.any(structure, axis=rest)
-        units += [SliceUnit(a, int(i)) for i in np.flatnonzero(hits)]
-    return units
-
-
-def _on_units(shape: tuple[int, ...], units: Sequence[SliceUnit]) -> np.ndarray:
-    on = np.zeros(shape, dtype=bool)
-    for unit in units:
-        _plane(on, unit)[...] = True
-    return on
-
-
-def _greedy_cover(uncovered: np.ndarray) -> list[SliceUnit]:
-    """Slices covering every ``True`` voxel, largest first (ties: lower axis, index)."""
-    uncovered = uncovered.copy()
-    axes = range(3)
-    counts = [uncovered.sum(axis=tuple(b for b in axes if b != a), dtype=np.int64) for a in axes]
-    chosen: list[SliceUnit] = []
-    while True:
-        best = max((int(c.max()), -a) for a, c in enumerate(counts))
-        if best[0] <= 0:
-            return chosen
-        axis = -best[1]
-        unit = SliceUnit(axis, int(np.argmax(counts[axis])))
-        plane = _plane(uncovered, unit)
-        others = [b for b in axes if b != axis]  # plane axis 0 is others[0], 1 is others[1]
-        counts[others[0]] -= plane.sum(axis=1, dtype=np.int64)
-        counts[others[1]] -= plane.sum(axis=0, dtype=np.int64)
-        counts[axis][unit.index] = 0
-        plane[...] = False
-        chosen.append(unit)
-
-
-def find_units(annotation: np.ndarray) -> list[SliceUnit]:
-    """The painted slices that hold a structure: the units of cross-validation.
-
-    1. Every annotated voxel *votes* for the slice it was painted on: the slice across the
-       axis along which more of its two neighbours are unknown than along either other axis
-       (inside a painted z slice the z neighbours are unknown, the in-plane ones painted).
-    2. Structure voxels on no voted slice (inside a stack of adjacent painted slices) vote
-       for the slice across the axis along which their run of annotated voxels is shortest.
-    3. Structure voxels still on no unit (e.g. a fully annotated volume) are covered
-       greedily by the slices holding most of them; such a slice is dropped again when all
-       its structure voxels lie on other units.
-
-    A voted slice is a unit when it holds at least one structure voxel (value ``>= 2``).
-    The lines where a painted slice crosses other slices are therefore not units, and
-    neither are background-only slices or the faces of a region-of-interest fill (they
-    hold no structure).
-
-    Parameters
-    ----------
-    annotation : np.ndarray
-        Sparse annotation, 2D or 3D (``0`` unknown, ``1`` background, ``k + 1`` structure
-        ``k``).
-
-    Returns
-    -------
-    list of SliceUnit
-        Sorted by ``(axis, index)``.
-    """
-    annotation = _as_3d(annotation, "annotation")
-    structure = annotation >= 2
-    if not structure.any():
-        return []
-    annotated = annotation > 0
-    unknown = ~annotated
-    # 1. across a painted slice the neighbours are unknown, inside it they are painted
-    counts = [_unknown_neighbours(unknown, a) for a in range(3)]
-    voted = _voted_slices(counts, annotated, structure, larger=True)
-    del counts
-    # 2. adjacent painted slices: the run of annotated voxels is shortest across them
-    rest = structure & ~_on_units(structure.shape, voted)
-    if rest.any():
-        runs = [_run_lengths(annotated, a) for a in range(3)]
-        voted += _voted_slices(runs, rest, structure, larger=False)
-        del runs
-        rest &= ~_on_units(structure.shape, voted)
-    # 3. whatever structure is left: greedy cover, pruned
-    greedy = _greedy_cover(rest)
-    coverage = np.zeros(structure.shape, dtype=np.int16)
-    for unit in (*voted, *greedy):
-        _plane(coverage, unit)[...] += 1
-    kept = [*voted, *greedy]
-    for unit in reversed(greedy):  # smallest first
-        if np.all(_plane(coverage, unit)[_plane(structure, unit)] >= 2):
-            _plane(coverage, unit)[...] -= 1
-            kept.remove(unit)
-    return sorted(kept)
-
-
 def assign_folds(units: Sequence[SliceUnit], folds: int) -> list[list[SliceUnit]]:
     """Interleave units over folds: after sorting by ``(axis, index)``, unit ``i`` -> ``i % k``.
 
@@ -560,17 +401,17 @@ def held_out_mask(
         held out.
     """
     original_shape = np.shape(annotation)
-    annotation = _as_3d(annotation, "annotation")
+    annotation = as_3d(annotation, "annotation")
     on_unit = np.zeros(annotation.shape, dtype=bool)
     for unit in units:
-        _plane(on_unit, SliceUnit(*unit))[...] = True
+        slice_view(on_unit, SliceUnit(*unit))[...] = True
     fill_like = (annotation == BACKGROUND) & ~on_unit
     mask = np.zeros(annotation.shape, dtype=bool)
     for unit in (SliceUnit(int(a), int(i)) for a, i in held_out):
-        values = _plane(annotation, unit)
+        values = slice_view(annotation, unit)
         size = annotation.shape[unit.axis]
         neighbours = [
-            _plane(fill_like, SliceUnit(unit.axis, j))
+            slice_view(fill_like, SliceUnit(unit.axis, j))
             for j in (unit.index - 1, unit.index + 1)
             if 0 <= j < size
         ]
@@ -580,7 +421,7 @@ def held_out_mask(
                 fill &= neighbour
         else:
             fill[...] = False
-        _plane(mask, unit)[...] |= (values > 0) & ~fill
+        slice_view(mask, unit)[...] |= (values > 0) & ~fill
     return mask.reshape(original_shape)
 
 
@@ -702,8 +543,8 @@ def crossval(
     """
     config = config or CrossValConfig()
     config.check()
-    image = _as_3d(image, "image")
-    annotation = _as_3d(annotation, "annotation")
+    image = as_3d(image, "image")
+    annotation = as_3d(annotation, "annotation")
     n_structures = validate_annotation(annotation, image.shape) - 1
     units = find_units(annotation)
     plan = assign_folds(units, config.folds)

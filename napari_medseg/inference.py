@@ -201,7 +201,7 @@ def predict(
         raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
     device = resolve_device(config.device)
     normalized = model.config.normalization.apply(volume)
-    tile_shape = tuple(config.tile_shape or default_tile_shape(model, volume.shape))
+    tile_shape = tuple(config.tile_shape) if config.tile_shape else None
     start = time.perf_counter()
     message = ""
     while True:
@@ -212,7 +212,8 @@ def predict(
             break
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            smaller = tuple(max(8, t // 2) for t in tile_shape)
+            tiles = tile_shape or default_tile_shape(model, volume.shape)
+            smaller = tuple(max(8, t // 2) for t in tiles)
             if smaller != tile_shape:
                 tile_shape = smaller
                 message = f"GPU out of memory: retrying with smaller tiles {tile_shape}"
@@ -230,58 +231,134 @@ def predict(
     return result
 
 
+def _planes_of(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes across which the model reads slices (a 2D image: only the first)."""
+    if model.config.arch == "unet3d" or shape[0] == 1:
+        return (0,)
+    return tuple(model.config.planes)
+
+
+def _to_volume_order(region: tuple[slice, ...], axis: int) -> tuple[slice, ...]:
+    """A region of the view with ``axis`` moved first, in the volume's axis order."""
+    rest = list(region[1:])
+    rest.insert(axis, region[0])
+    return tuple(rest)
+
+
 def _predict_tiles(
     model: TrainedModel,
     normalized: np.ndarray,
-    tile_shape: tuple[int, ...],
+    tile_shape: tuple[int, ...] | None,
     config: PredictConfig,
     device: torch.device,
     stop: threading.Event | None,
     start: float,
     message: str,
 ) -> Generator[TileProgress, None, Prediction]:
+    """One tiled pass per plane of the model (2D networks may read three); the passes'
+    probabilities are averaged. ``tile_shape`` None: the default for each plane's view."""
     memory_format = memory_format_for(model.network)
     network = model.network.to(device, memory_format=memory_format).eval()
-    sampler = GridSampler(normalized.shape, tile_shape, config.overlap)
-    aggregator = GaussianAggregator(model.config.n_classes, normalized.shape, sampler.tile_shape)
-    spread = None
-    if config.uncertainty:
-        spread = GaussianAggregator(1, normalized.shape, sampler.tile_shape)
+    planes = _planes_of(model, normalized.shape)
+    n_classes = model.config.n_classes
+    passes = []
+    for axis in planes:
+        view = np.moveaxis(normalized, axis, 0)
+        tiles = tile_shape or default_tile_shape(model, view.shape)
+        passes.append((axis, view, GridSampler(view.shape, tiles, config.overlap)))
+    total = sum(len(sampler) for _, _, sampler in passes)
+    summed = summed_spread = None  # sums over the finished passes (several planes only)
     amp = autocast_dtype(device)
     pin = device.type == "cuda"
     complete = True
+    index = 0
     try:
-        for index, region in enumerate(sampler):
-            if stop is not None and stop.is_set():
-                complete = False
+        for axis, view, sampler in passes:
+            aggregator = GaussianAggregator(n_classes, view.shape, sampler.tile_shape)
+            spread = None
+            if config.uncertainty:
+                spread = GaussianAggregator(1, view.shape, sampler.tile_shape)
+            for region in sampler:
+                if stop is not None and stop.is_set():
+                    complete = False
+                    break
+                tile = torch.from_numpy(np.ascontiguousarray(view[region]))[None, None]
+                if pin:
+                    tile = tile.pin_memory()
+                tile = tile.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
+                scores, disagree = _forward(network, tile, amp, config.mirror, config.uncertainty)
+                aggregator.add(region, scores[0].cpu().numpy())
+                if spread is not None and disagree is not None:
+                    spread.add(region, disagree.cpu().numpy())
+                index += 1
+                where = _to_volume_order(region, axis)
+                yield TileProgress(
+                    index,
+                    total,
+                    where,
+                    _live_labels(aggregator, region, axis, summed, where),
+                    time.perf_counter() - start,
+                    message,
+                )
+                message = ""
+            if not complete:
                 break
-            tile = torch.from_numpy(np.ascontiguousarray(normalized[region]))[None, None]
-            if pin:
-                tile = tile.pin_memory()
-            tile = tile.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
-            scores, disagree = _forward(network, tile, amp, config.mirror, config.uncertainty)
-            aggregator.add(region, scores[0].cpu().numpy())
-            if spread is not None and disagree is not None:
-                spread.add(region, disagree.cpu().numpy())
-            yield TileProgress(
-                index + 1,
-                len(sampler),
-                region,
-                aggregator.labels(region),
-                time.perf_counter() - start,
-                message,
-            )
-            message = ""
+            if len(planes) == 1:
+                probabilities = aggregator.probabilities()
+                uncertainty = spread.probabilities()[0] if spread is not None else None
+                break
+            summed = _add_pass(summed, aggregator, axis)
+            if spread is not None:
+                summed_spread = _add_pass(summed_spread, spread, axis)
     finally:
         network.to("cpu", memory_format=torch.contiguous_format)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    labels = aggregator.labels()
-    probabilities = aggregator.probabilities() if config.probabilities else None
-    uncertainty = spread.probabilities()[0] if spread is not None else None
+    if not complete:  # labels of the finished tiles (or passes) only; not a result
+        if summed is None:
+            labels = np.moveaxis(aggregator.labels(), 0, axis)
+        else:
+            labels = np.argmax(summed, axis=0).astype(np.uint8)
+        return Prediction(labels, None, False, str(device), tuple(sampler.tile_shape))
+    if len(planes) > 1:
+        probabilities = summed / np.float32(len(planes))
+        uncertainty = (
+            summed_spread[0] / np.float32(len(planes)) if summed_spread is not None else None
+        )
+    labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     return Prediction(
-        labels, probabilities, complete, str(device), tuple(sampler.tile_shape), uncertainty
+        labels,
+        probabilities if config.probabilities else None,
+        True,
+        str(device),
+        tuple(passes[0][2].tile_shape),
+        uncertainty,
     )
+
+
+def _add_pass(summed: np.ndarray | None, aggregator: GaussianAggregator, axis: int) -> np.ndarray:
+    """Add a finished pass's probabilities (in its view's order) to the running sum."""
+    probabilities = np.moveaxis(aggregator.probabilities(), 1, axis + 1)
+    if summed is None:
+        return np.ascontiguousarray(probabilities)
+    summed += probabilities
+    return summed
+
+
+def _live_labels(
+    aggregator: GaussianAggregator,
+    region: tuple[slice, ...],
+    axis: int,
+    summed: np.ndarray | None,
+    where: tuple[slice, ...],
+) -> np.ndarray:
+    """Labels of a finished tile for the live overlay, in the volume's axis order: this
+    pass's so far, plus the finished passes' (when the model reads several planes)."""
+    if summed is None:
+        return np.moveaxis(aggregator.labels(region), 0, axis)
+    weight = np.maximum(aggregator.weight[region], 1e-8)
+    current = np.moveaxis(aggregator.scores[(slice(None), *region)] / weight, 1, axis + 1)
+    return np.argmax(summed[(slice(None), *where)] + current, axis=0).astype(np.uint8)
 
 
 def predict_volume(

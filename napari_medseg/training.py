@@ -31,9 +31,11 @@ from .models import MAX_MEMBERS, Ensemble, NetworkConfig, build_network
 from .models.calibration import batch_norm_layers, recalibrate_batch_norm
 from .models.planning import ANISOTROPY_RATIO, plan_network, plan_patch_shape
 from .normalization import IntensityNormalization
+from .painted_slices import painted_axes
 from .sampling import AnnotatedPatchSampler, unknown_region
 
 Arch = Literal["unet3d", "unet2d", "fcn"]
+Planes = Literal["auto", "one", "three"]
 
 
 @dataclass
@@ -117,6 +119,17 @@ class TrainConfig:
         cost where steps matter: synthetic0 0.87-0.89 against 0.92, and with several
         structures at 60 s small structures were lost (prostate phantom 0.58 against 0.70).
         So the default is 1, a single network.
+    planes : {"auto", "one", "three"}
+        2D networks only: the slice orientations they learn from and predict in. ``one``:
+        slices across the first array axis (the one napari's slider moves through).
+        ``three``: the three orthogonal planes, one network for all; every painted slice
+        then trains it whole, whatever plane it was painted in, and prediction averages the
+        three passes (three times the prediction time). ``auto``: three when slices showing
+        a structure were painted across more than one axis of a volume whose voxels are
+        about as long along every axis (within
+        :data:`~napari_medseg.models.planning.ANISOTROPY_RATIO`), one otherwise: a slice
+        across thick slices looks nothing like one in their plane. See :func:`choose_planes`.
+        The 3D U-Net ignores it.
     """
 
     arch: Arch = "unet3d"
@@ -139,6 +152,7 @@ class TrainConfig:
     threads: int | None = None
     batch_workers: int | None = None
     ensemble: int = 1
+    planes: Planes = "auto"
 
     def check(self) -> None:
         """Raise :class:`MedsegInputError` for settings that cannot work."""
@@ -150,6 +164,8 @@ class TrainConfig:
             raise MedsegInputError("the time budget must be positive")
         if self.iterations is not None and self.iterations < 1:
             raise MedsegInputError("the iteration count must be at least 1")
+        if self.planes not in ("auto", "one", "three"):
+            raise MedsegInputError(f"planes must be auto, one or three, not {self.planes!r}")
         if self.flips not in ("auto", "on", "off"):
             raise MedsegInputError(f"flips must be auto, on or off, not {self.flips!r}")
         if (self.base_channels is not None and self.base_channels < 1) or self.batch_size < 1:
@@ -300,6 +316,60 @@ def default_flips(
     return len(active) > 1 and max(active) >= ANISOTROPY_RATIO * min(active)
 
 
+def choose_planes(
+    config: TrainConfig, annotation: np.ndarray, spacing: Sequence[float]
+) -> tuple[int, ...]:
+    """The axes across which a 2D network takes its slices (``(0,)`` for the 3D U-Net).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Its ``arch`` and ``planes`` decide (see :class:`TrainConfig`).
+    annotation : np.ndarray
+        ``(z, y, x)`` sparse annotation; ``planes="auto"`` looks for the axes its painted
+        slices lie across (:func:`~napari_medseg.painted_slices.painted_axes`).
+    spacing : sequence of 3 float
+        Voxel spacing, array order.
+
+    Returns
+    -------
+    tuple of int
+        ``(0,)`` or ``(0, 1, 2)``. A single slice (a 2D image) always gets ``(0,)``.
+    """
+    if config.arch == "unet3d" or config.planes == "one" or annotation.shape[0] == 1:
+        return (0,)
+    if config.planes == "three":
+        return (0, 1, 2)
+    if max(spacing) >= ANISOTROPY_RATIO * min(spacing):
+        return (0,)
+    return (0, 1, 2) if len(painted_axes(annotation)) > 1 else (0,)
+
+
+def _plane_samplers(
+    config: TrainConfig,
+    normalized: np.ndarray,
+    target: np.ndarray,
+    spacing: tuple[float, ...],
+    planes: Sequence[int],
+    rng: np.random.Generator,
+) -> list[tuple[AnnotatedPatchSampler, tuple[float, ...]]]:
+    """A patch sampler and the voxel spacing of each plane's view of the volume.
+
+    The view of plane ``a`` has axis ``a`` first: a 2D network reads its slices along it.
+    """
+    samplers = []
+    for axis in planes:
+        order = (axis, *(b for b in range(3) if b != axis))
+        view_target = np.moveaxis(target, axis, 0)
+        view_spacing = tuple(spacing[b] for b in order)
+        patch = _patch_for(config, view_target.shape, view_spacing)
+        sampler = AnnotatedPatchSampler(
+            np.moveaxis(normalized, axis + 1, 1), view_target, patch, rng
+        )
+        samplers.append((sampler, view_spacing))
+    return samplers
+
+
 def _lr_factor(fraction: float, step: int, warmup: int = 10) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -372,7 +442,8 @@ def train(
     patch_shape = _patch_for(config, image.shape, spacing_t)
     net_config = _network_config(config, n_classes, spacing_t, patch_shape)
     normalized = normalization.apply(image)[np.newaxis]
-    sampler = AnnotatedPatchSampler(normalized, target, patch_shape, rng)
+    planes = choose_planes(config, annotation, spacing_t)
+    samplers = _plane_samplers(config, normalized, target, spacing_t, planes, rng)
     power = config.class_weight_power
     if power is None:
         power = default_class_weight_power(counts)
@@ -386,7 +457,7 @@ def train(
     if workers is None:
         workers = default_workers(device.type)
     make = functools.partial(
-        _make_batch, sampler, config.batch_size, aug_config if config.augment else None, spacing_t
+        _make_batch, samplers, config.batch_size, aug_config if config.augment else None
     )
     threads = config.threads or _gpu_torch_threads(device, workers)
     previous_threads = torch.get_num_threads()
@@ -444,8 +515,7 @@ def train(
                         yield progress(
                             member,
                             loss,
-                            "loss became NaN or infinite: training stopped, last good weights "
-                            "kept",
+                            "loss became NaN or infinite: training stopped, last good weights kept",
                         )
                         break
                     state.record(loss)
@@ -458,8 +528,9 @@ def train(
                 if ready and batch_norm_layers(run.network):
                     message = "calibrating batch norm on the unpainted region"
                     yield progress(member, state.losses[-1], message)
-                    tiles = run.calibrate(_decided_region(normalized, target, patch_shape),
-                                          patch_shape)
+                    tiles = run.calibrate(
+                        _decided_region(normalized, target, patch_shape), patch_shape
+                    )
                     calibration_tiles.append(tiles)
             finally:
                 run.release()
@@ -492,6 +563,7 @@ def train(
         "ensemble": len(networks),
         "member_steps": member_steps,
         "batch_norm_calibration_tiles": calibration_tiles,
+        "planes": list(planes),
     }
     model_config = ModelConfig(
         network=net_config,
@@ -499,6 +571,7 @@ def train(
         normalization=normalization,
         spacing=spacing_t,
         patch_shape=tuple(int(p) for p in patch_shape),
+        planes=planes,
         training=asdict(config),
         history=history,
     )
@@ -551,13 +624,18 @@ def _gpu_torch_threads(device: torch.device, workers: int) -> int | None:
 
 
 def _make_batch(
-    sampler: AnnotatedPatchSampler,
+    samplers: Sequence[tuple[AnnotatedPatchSampler, tuple[float, ...]]],
     size: int,
     aug_config: AugmentConfig | None,
-    spacing: tuple[float, ...],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``size`` patches and augment them (``aug_config`` None: as drawn)."""
+    """Draw ``size`` patches of one plane and augment them (``aug_config`` None: as drawn).
+
+    ``samplers`` holds a sampler and its voxel spacing per plane; with more than one, the
+    plane of the batch is drawn at random (all its patches share a shape).
+    """
+    pick = int(rng.integers(len(samplers))) if len(samplers) > 1 else 0
+    sampler, spacing = samplers[pick]
     images, targets = sampler.batch(size, rng)
     if aug_config is None:
         return images, targets

@@ -440,3 +440,20 @@ def test_predict_keeps_painted_voxels_given_the_annotation(pipeline, tmp_path, c
     refused(capsys, [*predict, "--out", str(tmp_path / "b.nii.gz"), "--annotation", str(other)],
             "structure 4", "knows 1")  # fmt: skip
     assert not (tmp_path / "a.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()
+
+
+def test_planes_option_trains_a_2d_network_on_three_planes(case, tmp_path, capsys):
+    model_path = tmp_path / "planes.safetensors"
+    args = ["train", str(case["image"]), str(case["annotation"]), "--out", str(model_path),
+            "--iterations", "1", "--device", "cpu", "--arch", "unet2d"]  # fmt: skip
+    assert main([*args, "--planes", "three"]) == 0
+    assert load_model(model_path).config.planes == (0, 1, 2)
+    seg = tmp_path / "seg.nrrd"
+    assert main(["predict", str(model_path), str(case["image"]), "--out", str(seg)]) == 0
+    assert read_volume(seg).shape == SHAPE
+    assert main(args) == 0  # auto: the 2 mm slices are thick next to 0.8 mm pixels
+    assert load_model(model_path).config.planes == (0,)
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--planes", "two"])
+    assert exc.value.code == 2
+    assert "--planes" in capsys.readouterr().err
