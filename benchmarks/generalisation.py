@@ -99,14 +99,28 @@ ARCH_NAMES = {"unet3d": "3D U-Net", "unet2d": "2D U-Net", "fcn": "FCN-8s"}
 
 
 def _train_and_score(
-    case, labels, arch: str, budget: float, device: str, seed: int, flips: str = "auto"
+    case,
+    labels,
+    arch: str,
+    budget: float,
+    device: str,
+    seed: int,
+    flips: str = "auto",
+    planes: str = "one",
 ):
     """Train ``arch`` on the case's annotation, predict, and score unannotated voxels."""
     model = run_to_completion(
         train(
             case.image,
             case.annotation,
-            TrainConfig(arch=arch, time_budget=budget, device=device, seed=seed, flips=flips),
+            TrainConfig(
+                arch=arch,
+                time_budget=budget,
+                device=device,
+                seed=seed,
+                flips=flips,
+                planes=planes,
+            ),
             spacing=case.spacing,
         )
     )
@@ -138,6 +152,12 @@ def main() -> int:
         default="auto",
         help="TrainConfig.flips for every run (mirror flips and right-angle rotations)",
     )
+    parser.add_argument(
+        "--planes",
+        choices=["one", "three"],
+        default="one",
+        help="TrainConfig.planes for the 2D networks (slices of the first axis or of all three)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
@@ -166,7 +186,7 @@ def main() -> int:
         steps: dict[str, int] = {}
         for arch in archs:
             dice[arch], steps[arch] = _train_and_score(
-                case, labels, arch, args.budget, args.device, args.seed, args.flips
+                case, labels, arch, args.budget, args.device, args.seed, args.flips, args.planes
             )
         base, nearest = (
             evaluate(
@@ -209,6 +229,7 @@ def main() -> int:
             "archs": archs,
             "seed": args.seed,
             "flips": args.flips,
+            "planes": args.planes,
             "cases": args.cases,
             "rows": rows,
         }

@@ -71,11 +71,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--planes",
-        choices=["auto", "one", "three"],
-        default="auto",
-        help="2D networks: take slices across the first axis only (one) or across all three "
-        "and average (three); auto: three when slices were painted in several planes of a "
-        "volume with near-cubic voxels",
+        choices=["one", "three"],
+        default="one",
+        help="2D networks: take slices across the first axis only (one, the default) or "
+        "across all three and average the three passes (three)",
     )
 
 

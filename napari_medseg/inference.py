@@ -273,7 +273,10 @@ def _predict_tiles(
     complete = True
     index = 0
     try:
-        for axis, view, sampler in passes:
+        for number, (axis, view, sampler) in enumerate(passes, start=1):
+            plane = (
+                f"slices across {'zyx'[axis]} ({number}/{len(planes)})" if len(planes) > 1 else ""
+            )
             aggregator = GaussianAggregator(n_classes, view.shape, sampler.tile_shape)
             spread = None
             if config.uncertainty:
@@ -298,7 +301,7 @@ def _predict_tiles(
                     where,
                     _live_labels(aggregator, region, axis, summed, where),
                     time.perf_counter() - start,
-                    message,
+                    " · ".join(m for m in (message, plane) if m),
                 )
                 message = ""
             if not complete:

@@ -1,9 +1,8 @@
 """Which slices of a volume were painted, and in which planes.
 
 A clinician paints whole 2D slices across any of the three array axes. This module finds
-them from the annotation alone (:func:`find_units`): cross-validation holds them out one by
-one (:mod:`napari_medseg.crossval`), and the 2D networks train on the planes they lie in
-(:func:`painted_axes`).
+them from the annotation alone (:func:`find_units`), so that cross-validation can hold them
+out one by one (:mod:`napari_medseg.crossval`).
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def as_3d(array: np.ndarray, name: str) -> np.ndarray:
         return array[np.newaxis]
     if array.ndim != 3:
         raise MedsegInputError(
-            f"{name} has {array.ndim} dimensions; a 2D image or a 3D volume is needed"
+            f"{name} has {array.ndim} dimensions; napari-medseg segments 2D images and 3D volumes"
         )
     return array
 
@@ -175,20 +174,3 @@ def find_units(annotation: np.ndarray) -> list[SliceUnit]:
             kept.remove(unit)
     return sorted(kept)
 
-
-def painted_axes(annotation: np.ndarray) -> list[int]:
-    """The array axes across which whole slices showing a structure were painted.
-
-    Parameters
-    ----------
-    annotation : np.ndarray
-        Sparse annotation, 2D or 3D (``0`` unknown, ``1`` background, ``k + 1`` structure
-        ``k``).
-
-    Returns
-    -------
-    list of int
-        Sorted axes (0, 1, 2 = z, y, x) of the slices :func:`find_units` finds; empty when no
-        structure is painted.
-    """
-    return sorted({unit.axis for unit in find_units(annotation)})

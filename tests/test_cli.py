@@ -451,7 +451,7 @@ def test_planes_option_trains_a_2d_network_on_three_planes(case, tmp_path, capsy
     seg = tmp_path / "seg.nrrd"
     assert main(["predict", str(model_path), str(case["image"]), "--out", str(seg)]) == 0
     assert read_volume(seg).shape == SHAPE
-    assert main(args) == 0  # auto: the 2 mm slices are thick next to 0.8 mm pixels
+    assert main(args) == 0  # the default: one plane
     assert load_model(model_path).config.planes == (0,)
     with pytest.raises(SystemExit) as exc:
         main([*args, "--planes", "two"])

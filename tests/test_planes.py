@@ -12,7 +12,6 @@ from test_checkpoint import rewrite_config
 from napari_medseg.checkpoint import TrainedModel, load_model, save_model
 from napari_medseg.errors import MedsegInputError
 from napari_medseg.inference import PredictConfig, predict, predict_volume
-from napari_medseg.painted_slices import painted_axes
 from napari_medseg.progress import run_to_completion
 from napari_medseg.synthetic import make_synthetic_case
 from napari_medseg.training import (
@@ -35,51 +34,32 @@ def case():
 def three_plane_model(case) -> TrainedModel:
     torch.set_num_threads(1)
     config = TrainConfig(
-        arch="unet2d", iterations=3, time_budget=None, base_channels=4, device="cpu"
+        arch="unet2d",
+        iterations=3,
+        time_budget=None,
+        base_channels=4,
+        device="cpu",
+        planes="three",
     )
     return run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
 
 
-def test_painted_axes_finds_the_planes_slices_were_painted_in(case):
-    assert painted_axes(case.annotation) == [0, 1, 2]
-    axial = np.zeros(SHAPE, np.uint8)
-    axial[5] = case.expert_mask[5] + 1
-    assert painted_axes(axial) == [0]
-    sagittal = np.zeros(SHAPE, np.uint8)
-    sagittal[:, :, 9] = case.expert_mask[:, :, 9] + 1
-    assert painted_axes(sagittal) == [2]
-    assert painted_axes(np.zeros(SHAPE, np.uint8)) == []
-
-
-def test_auto_takes_three_planes_only_when_painted_in_several_on_isotropic_voxels(case):
-    auto2d = TrainConfig(arch="unet2d")
-    assert choose_planes(auto2d, case.annotation, (1.0, 1.0, 1.0)) == (0, 1, 2)
-    # thick slices: a slice across them looks nothing like one in their plane
-    assert choose_planes(auto2d, case.annotation, (3.0, 1.0, 1.0)) == (0,)
-    axial = np.zeros(SHAPE, np.uint8)
-    axial[5] = case.expert_mask[5] + 1
-    assert choose_planes(auto2d, axial, (1.0, 1.0, 1.0)) == (0,)
-    assert choose_planes(TrainConfig(arch="fcn"), case.annotation, (1, 1, 1)) == (0, 1, 2)
-
-
-def test_explicit_planes_and_the_3d_unet(case):
-    assert choose_planes(TrainConfig(arch="unet2d", planes="one"), case.annotation, (1,) * 3) == (
-        0,
-    )
+def test_which_planes_each_network_reads(case):
     three = TrainConfig(arch="unet2d", planes="three")
-    assert choose_planes(three, case.annotation, (5.0, 1.0, 1.0)) == (0, 1, 2)
-    assert choose_planes(TrainConfig(planes="three"), case.annotation, (1,) * 3) == (0,)
-    single_slice = case.annotation[5:6]
-    assert choose_planes(three, single_slice, (1.0, 1.0, 1.0)) == (0,)
-    with pytest.raises(MedsegInputError, match="planes must be auto, one or three"):
-        TrainConfig(planes="two").check()
+    assert choose_planes(three, SHAPE) == (0, 1, 2)
+    assert choose_planes(TrainConfig(arch="fcn", planes="three"), SHAPE) == (0, 1, 2)
+    assert choose_planes(TrainConfig(arch="unet2d"), SHAPE) == (0,)  # the default: one
+    assert choose_planes(TrainConfig(planes="three"), SHAPE) == (0,)  # the 3D U-Net
+    assert choose_planes(three, (1, 16, 20)) == (0,)  # a 2D image has one plane
+    with pytest.raises(MedsegInputError, match="planes must be one or three"):
+        TrainConfig(planes="auto").check()
 
 
 def test_batches_come_from_every_planes_view_with_its_spacing(case):
     normalized = case.image[np.newaxis].astype(np.float32)
     target = case.annotation.astype(np.int64) - 1
     spacing = (1.0, 2.0, 3.0)
-    config = TrainConfig(arch="unet2d")
+    config = TrainConfig(arch="unet2d", planes="three")
     rng = np.random.default_rng(0)
     samplers = _plane_samplers(config, normalized, target, spacing, (0, 1, 2), rng)
     assert [s.patch_shape for s, _ in samplers] == [(4, 16, 20), (4, 12, 20), (4, 12, 16)]
@@ -131,6 +111,7 @@ def test_live_tiles_of_every_pass_are_in_the_volumes_axis_order(case, three_plan
     for pass_index, pass_tiles in enumerate(_split_passes(tiles)):
         for t in pass_tiles:
             covered[pass_index][t.region] = True
+            assert t.message == f"slices across {'zyx'[pass_index]} ({pass_index + 1}/3)"
     assert covered.all()  # each pass covers the whole volume
     # the last tile shows the finished average there
     last = tiles[-1]
