@@ -336,3 +336,31 @@ def test_predict_keeps_painted_voxels(synthetic_viewer, widgets, qtbot, models):
     predict.annotation_picker.set_layer(wrong)  # the user's choice, of another shape: refused
     assert predict.start_prediction() is False
     assert predict.status.is_error and "Keep my painted voxels" in predict.status.text()
+
+
+def test_three_plane_2d_model_fills_the_layer_pass_after_pass(
+    synthetic_viewer, widgets, qtbot, models
+):
+    train, predict = widgets[1], widgets[2]
+    entry = _train_model(train, qtbot, models, iterations=2, arch="unet2d", planes="three")
+    assert entry.model.config.planes == (0, 1, 2)
+    messages: list[str] = []
+    original = predict._on_tile
+
+    def watch(tile):
+        messages.append(tile.message)
+        original(tile)
+
+    predict._on_tile = watch
+    predict.form.set_values(tile_shape=(4, 16, 16), device="cpu")
+    assert predict.start_prediction() is True
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
+    assert not predict.status.is_error, predict.status.text()
+    layer = synthetic_viewer.layers["synthetic segmentation"]
+    assert layer.data.shape == (16, 32, 32)
+    assert [m for m in dict.fromkeys(messages)] == [
+        "slices across z (1/3)",
+        "slices across y (2/3)",
+        "slices across x (3/3)",
+    ]
+    assert predict.tiles_shown == len(messages)
