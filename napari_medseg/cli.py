@@ -49,11 +49,12 @@ def _train_config(args: argparse.Namespace):
         flips=args.flips,
         ensemble=args.ensemble,
         planes=args.planes,
+        group_norm=args.group_norm,
     )
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``train`` and ``crossval``: flips, ensembles and 2D planes."""
+    """Options shared by ``train`` and ``crossval``: flips, ensembles, 2D planes, group norm."""
     parser.add_argument(
         "--flips",
         choices=["auto", "on", "off"],
@@ -75,6 +76,12 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default="one",
         help="2D networks: take slices across the first axis only (one, the default) or "
         "across all three and average the three passes (three)",
+    )
+    parser.add_argument(
+        "--group-norm",
+        action="store_true",
+        help="normalise over groups of channels within each patch instead of batch norm "
+        "(steadier with small batches; the paper's network has batch norm)",
     )
 
 

@@ -324,10 +324,10 @@ def _predict_tiles(
             labels = np.argmax(summed, axis=0).astype(np.uint8)
         return Prediction(labels, None, False, str(device), tuple(sampler.tile_shape))
     if len(planes) > 1:
-        probabilities = summed / np.float32(len(planes))
-        uncertainty = (
-            summed_spread[0] / np.float32(len(planes)) if summed_spread is not None else None
-        )
+        probabilities = np.divide(summed, np.float32(len(planes)), out=summed)  # in place
+        uncertainty = None
+        if summed_spread is not None:
+            uncertainty = np.divide(summed_spread[0], np.float32(len(planes)))
     labels = np.argmax(probabilities, axis=0).astype(np.uint8)
     return Prediction(
         labels,

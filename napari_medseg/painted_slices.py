@@ -173,4 +173,3 @@ def find_units(annotation: np.ndarray) -> list[SliceUnit]:
             slice_view(coverage, unit)[...] -= 1
             kept.remove(unit)
     return sorted(kept)
-

@@ -457,3 +457,17 @@ def test_planes_option_trains_a_2d_network_on_three_planes(case, tmp_path, capsy
         main([*args, "--planes", "two"])
     assert exc.value.code == 2
     assert "--planes" in capsys.readouterr().err
+
+
+def test_group_norm_option_builds_and_reloads_group_norm(case, tmp_path):
+    model_path = tmp_path / "gn.safetensors"
+    args = ["train", str(case["image"]), str(case["annotation"]), "--out", str(model_path),
+            "--iterations", "1", "--device", "cpu"]  # fmt: skip
+    assert main([*args, "--group-norm"]) == 0
+    model = load_model(model_path)
+    assert model.config.network.norm_groups == 4 and model.config.training["group_norm"]
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.network.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in model.network.modules())
+    seg = tmp_path / "seg.nrrd"
+    assert main(["predict", str(model_path), str(case["image"]), "--out", str(seg)]) == 0
+    assert read_volume(seg).shape == SHAPE

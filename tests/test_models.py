@@ -87,6 +87,27 @@ def test_no_batch_norm_variant(arch: str) -> None:
     assert net(torch.randn(1, 1, 3, 17, 17)).shape == (1, 2, 3, 17, 17)
 
 
+@pytest.mark.parametrize("arch", ["unet3d", "unet2d", "fcn"])
+def test_group_norm_variant_does_not_depend_on_the_batch(arch: str) -> None:
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(arch=arch, base_channels=6, norm_groups=4)).train()
+    assert not has_batch_norm(net)
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_groups in (2, 4) for m in norms)  # gcd(4, 6) = 2, gcd(4, 12) = 4
+    x = torch.randn(2, 1, 4, 32, 32)
+    with torch.no_grad():
+        together = net(x)
+        alone = net(x[:1])
+        net.eval()
+        evaluated = net(x[:1])
+    # each patch is normalised on its own: in training, with a neighbour, and in prediction
+    torch.testing.assert_close(together[:1], alone, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(alone, evaluated, atol=1e-4, rtol=1e-4)
+    old = NetworkConfig.from_dict({k: v for k, v in NetworkConfig().to_dict().items()
+                                   if k != "norm_groups"})  # fmt: skip
+    assert old.norm_groups == 0 and has_batch_norm(build_network(old))
+
+
 def test_unet3d_structure_follows_the_paper() -> None:
     net = UNet3D(base_channels=16)
     assert len(net.encoders) == 3 and len(net.decoders) == 3
@@ -190,6 +211,10 @@ def test_config_lists_are_normalised_to_tuples() -> None:
         {"n_classes": 0},
         {"dropout": 1.5},
         {"batch_norm": "yes"},
+        {"norm_groups": -1},
+        {"norm_groups": 65},
+        {"norm_groups": True},
+        {"norm_groups": 2.0},
     ],
 )
 def test_from_dict_rejects_foreign_configs(data: dict) -> None:

@@ -164,3 +164,27 @@ def test_planes_survive_a_model_file_and_old_files_read_as_one(three_plane_model
         rewrite_config(path, lambda c, bad=bad: c.update(planes=bad))
         with pytest.raises(MedsegInputError, match="model config is incomplete or invalid"):
             load_model(path)
+
+
+def test_an_ensembles_disagreement_is_averaged_over_the_planes_too(case):
+    config = TrainConfig(
+        arch="unet2d",
+        iterations=1,
+        time_budget=None,
+        base_channels=4,
+        device="cpu",
+        planes="three",
+        ensemble=2,
+    )
+    model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
+    got = predict_volume(model, case.image, PredictConfig(uncertainty=True))
+    one_plane = TrainedModel(
+        model.network, type(model.config)(**{**model.config.__dict__, "planes": (0,)})
+    )
+    passes = []
+    for axis in (0, 1, 2):
+        view = np.moveaxis(case.image, axis, 0)
+        result = predict_volume(one_plane, view, PredictConfig(uncertainty=True))
+        passes.append(np.moveaxis(result.uncertainty, 0, axis))
+    assert got.uncertainty.shape == SHAPE
+    np.testing.assert_allclose(got.uncertainty, np.mean(passes, axis=0), atol=1e-5)

@@ -66,6 +66,9 @@ class NetworkConfig:
         Width of the first level (doubling per level).
     batch_norm : bool
         Batch norm after every convolution.
+    norm_groups : int
+        With ``batch_norm``: group norm with this many groups (per patch) instead of batch
+        norm; 0 (the default, and in files written before it existed) keeps batch norm.
     pool_sizes : list of 3-tuples, optional
         ``unet3d`` only: max-pool size per down-sampling step (default ``(2, 2, 2)`` x 3).
     kernel_sizes : list of 3-tuples, optional
@@ -89,6 +92,7 @@ class NetworkConfig:
     n_classes: int = 2
     base_channels: int = 16
     batch_norm: bool = True
+    norm_groups: int = 0
     pool_sizes: list[Triple] | None = None
     kernel_sizes: list[Triple] | None = None
     dropout: float = 0.0
@@ -107,6 +111,9 @@ class NetworkConfig:
             raise ValueError(f"members must be at most {MAX_MEMBERS}, got {self.members}")
         if not isinstance(self.batch_norm, bool):
             raise ValueError(f"batch_norm must be a bool, got {self.batch_norm!r}")
+        groups = self.norm_groups
+        if isinstance(groups, bool) or not isinstance(groups, int) or not 0 <= groups <= 64:
+            raise ValueError(f"norm_groups must be an int from 0 to 64, got {groups!r}")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, (int, float))
@@ -182,6 +189,7 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
         n_classes=cfg.n_classes,
         base_channels=cfg.base_channels,
         batch_norm=cfg.batch_norm,
+        norm_groups=cfg.norm_groups,
         dropout=cfg.dropout,
     )
     if cfg.arch == "unet3d":

@@ -27,8 +27,9 @@ def conv_norm_relu(
     out_channels: int,
     kernel_size: Sequence[int],
     batch_norm: bool,
+    norm_groups: int = 0,
 ) -> nn.Sequential:
-    """One convolution with 'same' padding, optional batch norm, and ReLU.
+    """One convolution with 'same' padding, optional batch (or group) norm, and ReLU.
 
     Parameters
     ----------
@@ -39,12 +40,16 @@ def conv_norm_relu(
     kernel_size : sequence of int
         Odd kernel size per spatial axis (``ndim`` entries).
     batch_norm : bool
-        Add a batch-norm layer after the convolution; the convolution then has no bias.
+        Add a normalisation layer after the convolution; the convolution then has no bias.
+    norm_groups : int
+        0: that layer is batch norm. ``g > 0``: group norm over ``gcd(g, out_channels)``
+        groups of channels, per patch (what the batch holds does not matter, and training
+        and prediction normalise alike).
 
     Returns
     -------
     nn.Sequential
-        ``Conv -> [BatchNorm] -> ReLU``.
+        ``Conv -> [BatchNorm | GroupNorm] -> ReLU``.
     """
     kernel = tuple(int(k) for k in kernel_size)
     if len(kernel) != ndim or any(k < 1 or k % 2 == 0 for k in kernel):
@@ -60,7 +65,9 @@ def conv_norm_relu(
             bias=not batch_norm,
         )
     ]
-    if batch_norm:
+    if batch_norm and norm_groups > 0:
+        layers.append(nn.GroupNorm(math.gcd(norm_groups, out_channels), out_channels))
+    elif batch_norm:
         layers.append(norm_cls(out_channels))
     layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -81,6 +88,8 @@ class DoubleConv(nn.Sequential):
         Batch norm after each convolution.
     dropout : float
         Probability of :class:`torch.nn.Dropout3d` / ``Dropout2d`` after the block (0 = none).
+    norm_groups : int
+        Group norm with this many groups instead of batch norm (0: batch norm).
     """
 
     def __init__(
@@ -92,10 +101,11 @@ class DoubleConv(nn.Sequential):
         kernel_size: Sequence[int],
         batch_norm: bool,
         dropout: float = 0.0,
+        norm_groups: int = 0,
     ) -> None:
         layers: list[nn.Module] = [
-            conv_norm_relu(ndim, in_channels, mid_channels, kernel_size, batch_norm),
-            conv_norm_relu(ndim, mid_channels, out_channels, kernel_size, batch_norm),
+            conv_norm_relu(ndim, in_channels, mid_channels, kernel_size, batch_norm, norm_groups),
+            conv_norm_relu(ndim, mid_channels, out_channels, kernel_size, batch_norm, norm_groups),
         ]
         if dropout > 0:
             layers.append(nn.Dropout3d(dropout) if ndim == 3 else nn.Dropout2d(dropout))
@@ -115,7 +125,7 @@ def init_weights(module: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

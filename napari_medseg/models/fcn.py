@@ -45,6 +45,8 @@ class FCN2D(SliceWise2D):
         Width of the first stage; stages have ``b, 2b, 4b, 8b, 8b`` channels.
     batch_norm : bool
         Batch norm after every backbone convolution.
+    norm_groups : int
+        With ``batch_norm``: group norm with this many groups instead of batch norm (0).
     dropout : float
         Channel dropout on the stride-32 features (the paper's fc6/fc7 dropout).
     pad_mode : str
@@ -57,6 +59,7 @@ class FCN2D(SliceWise2D):
         n_classes: int = 2,
         base_channels: int = 16,
         batch_norm: bool = True,
+        norm_groups: int = 0,
         dropout: float = 0.0,
         pad_mode: str = DEFAULT_PAD_MODE,
     ) -> None:
@@ -68,7 +71,9 @@ class FCN2D(SliceWise2D):
         self.stages = nn.ModuleList()
         channels = in_channels
         for width in widths:
-            self.stages.append(DoubleConv(2, channels, width, width, (3, 3), batch_norm))
+            self.stages.append(
+                DoubleConv(2, channels, width, width, (3, 3), batch_norm, norm_groups=norm_groups)
+            )
             channels = width
         self.pool = nn.MaxPool2d(2, stride=2)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()

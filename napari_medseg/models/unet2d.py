@@ -30,6 +30,8 @@ class UNet2D(SliceWise2D):
         (the paper uses 64).
     batch_norm : bool
         Batch norm after every convolution.
+    norm_groups : int
+        With ``batch_norm``: group norm with this many groups instead of batch norm (0).
     dropout : float
         Channel dropout at the end of the contracting path (as in the paper).
     pad_mode : str
@@ -42,6 +44,7 @@ class UNet2D(SliceWise2D):
         n_classes: int = 2,
         base_channels: int = 16,
         batch_norm: bool = True,
+        norm_groups: int = 0,
         dropout: float = 0.0,
         pad_mode: str = DEFAULT_PAD_MODE,
     ) -> None:
@@ -54,17 +57,35 @@ class UNet2D(SliceWise2D):
         channels = in_channels
         for level in range(STEPS):
             self.encoders.append(
-                DoubleConv(2, channels, widths[level], widths[level], k, batch_norm)
+                DoubleConv(
+                    2,
+                    channels,
+                    widths[level],
+                    widths[level],
+                    k,
+                    batch_norm,
+                    norm_groups=norm_groups,
+                )
             )
             channels = widths[level]
         self.pool = nn.MaxPool2d(2, stride=2)
-        self.bottleneck = DoubleConv(2, channels, widths[-1], widths[-1], k, batch_norm, dropout)
+        self.bottleneck = DoubleConv(
+            2, channels, widths[-1], widths[-1], k, batch_norm, dropout, norm_groups=norm_groups
+        )
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for level in reversed(range(STEPS)):
             self.ups.append(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2))
             self.decoders.append(
-                DoubleConv(2, 2 * widths[level], widths[level], widths[level], k, batch_norm)
+                DoubleConv(
+                    2,
+                    2 * widths[level],
+                    widths[level],
+                    widths[level],
+                    k,
+                    batch_norm,
+                    norm_groups=norm_groups,
+                )
             )
         self.head = nn.Conv2d(widths[0], n_classes, kernel_size=1)
         init_weights(self)

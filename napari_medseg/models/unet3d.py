@@ -71,6 +71,8 @@ class UNet3D(PaddedNetwork):
         Width of the first level; level ``i`` has ``base_channels * 2**i`` channels.
     batch_norm : bool
         Batch norm after every convolution (convolutions then have no bias).
+    norm_groups : int
+        With ``batch_norm``: group norm with this many groups instead of batch norm (0).
     pool_sizes : sequence of 3-tuples, optional
         Max-pool size (= up-convolution kernel and stride) per down-sampling step;
         default ``(2, 2, 2)`` x 3.
@@ -89,6 +91,7 @@ class UNet3D(PaddedNetwork):
         n_classes: int = 2,
         base_channels: int = 16,
         batch_norm: bool = True,
+        norm_groups: int = 0,
         pool_sizes: Sequence[Sequence[int]] | None = None,
         kernel_sizes: Sequence[Sequence[int]] | None = None,
         dropout: float = 0.0,
@@ -110,12 +113,27 @@ class UNet3D(PaddedNetwork):
         channels = in_channels
         for level, pool in enumerate(pools):
             self.encoders.append(
-                DoubleConv(3, channels, widths[level], widths[level], kernels[level], batch_norm)
+                DoubleConv(
+                    3,
+                    channels,
+                    widths[level],
+                    widths[level],
+                    kernels[level],
+                    batch_norm,
+                    norm_groups=norm_groups,
+                )
             )
             self.pools.append(nn.MaxPool3d(pool, stride=pool))
             channels = widths[level]
         self.bottleneck = DoubleConv(
-            3, channels, widths[-1], widths[-1], kernels[-1], batch_norm, dropout
+            3,
+            channels,
+            widths[-1],
+            widths[-1],
+            kernels[-1],
+            batch_norm,
+            dropout,
+            norm_groups=norm_groups,
         )
         self.ups = nn.ModuleList()
         self.decoders = nn.ModuleList()
@@ -127,7 +145,13 @@ class UNet3D(PaddedNetwork):
             )
             self.decoders.append(
                 DoubleConv(
-                    3, 2 * widths[level], widths[level], widths[level], kernels[level], batch_norm
+                    3,
+                    2 * widths[level],
+                    widths[level],
+                    widths[level],
+                    kernels[level],
+                    batch_norm,
+                    norm_groups=norm_groups,
                 )
             )
         self.head = nn.Conv3d(widths[0], n_classes, kernel_size=1)
