@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,18 +31,22 @@ def case():
     return make_synthetic_case(shape=SHAPE, seed=0, slices_per_axis=(1, 1, 1))
 
 
+def train_three_planes(case, iterations: int = 3, ensemble: int = 1) -> TrainedModel:
+    """A tiny 2D U-Net trained on the three planes of ``case``."""
+    config = TrainConfig(arch="unet2d", iterations=iterations, time_budget=None, device="cpu",
+                         base_channels=4, planes="three", ensemble=ensemble)  # fmt: skip
+    return run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
+
+
+def one_plane_twin(model: TrainedModel) -> TrainedModel:
+    """The same network, told to read slices across the first axis only."""
+    return TrainedModel(model.network, replace(model.config, planes=(0,)))
+
+
 @pytest.fixture(scope="module")
 def three_plane_model(case) -> TrainedModel:
     torch.set_num_threads(1)
-    config = TrainConfig(
-        arch="unet2d",
-        iterations=3,
-        time_budget=None,
-        base_channels=4,
-        device="cpu",
-        planes="three",
-    )
-    return run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
+    return train_three_planes(case)
 
 
 def test_which_planes_each_network_reads(case):
@@ -78,8 +83,7 @@ def test_a_three_plane_model_records_its_planes(three_plane_model):
 
 def test_prediction_averages_one_pass_per_plane(case, three_plane_model):
     got = predict_volume(three_plane_model, case.image, PredictConfig(probabilities=True))
-    one_plane = TrainedModel(three_plane_model.network, three_plane_model.config)
-    one_plane.config = type(one_plane.config)(**{**one_plane.config.__dict__, "planes": (0,)})
+    one_plane = one_plane_twin(three_plane_model)
     passes = []
     for axis in (0, 1, 2):
         view = np.moveaxis(case.image, axis, 0)
@@ -167,20 +171,9 @@ def test_planes_survive_a_model_file_and_old_files_read_as_one(three_plane_model
 
 
 def test_an_ensembles_disagreement_is_averaged_over_the_planes_too(case):
-    config = TrainConfig(
-        arch="unet2d",
-        iterations=1,
-        time_budget=None,
-        base_channels=4,
-        device="cpu",
-        planes="three",
-        ensemble=2,
-    )
-    model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
+    model = train_three_planes(case, iterations=1, ensemble=2)
     got = predict_volume(model, case.image, PredictConfig(uncertainty=True))
-    one_plane = TrainedModel(
-        model.network, type(model.config)(**{**model.config.__dict__, "planes": (0,)})
-    )
+    one_plane = one_plane_twin(model)
     passes = []
     for axis in (0, 1, 2):
         view = np.moveaxis(case.image, axis, 0)
