@@ -43,6 +43,19 @@ def one_plane_twin(model: TrainedModel) -> TrainedModel:
     return TrainedModel(model.network, replace(model.config, planes=(0,)))
 
 
+def passes_by_hand(model: TrainedModel, image: np.ndarray, config: PredictConfig) -> list:
+    """Each plane's prediction, made by the one-plane twin on the moved volume: the
+    probabilities (or, for ``uncertainty``, the disagreement), in the volume's axis order."""
+    twin, passes = one_plane_twin(model), []
+    for axis in (0, 1, 2):
+        result = predict_volume(twin, np.moveaxis(image, axis, 0), config)
+        if config.uncertainty:
+            passes.append(np.moveaxis(result.uncertainty, 0, axis))
+        else:
+            passes.append(np.moveaxis(result.probabilities, 1, axis + 1))
+    return passes
+
+
 @pytest.fixture(scope="module")
 def three_plane_model(case) -> TrainedModel:
     torch.set_num_threads(1)
@@ -82,13 +95,9 @@ def test_a_three_plane_model_records_its_planes(three_plane_model):
 
 
 def test_prediction_averages_one_pass_per_plane(case, three_plane_model):
-    got = predict_volume(three_plane_model, case.image, PredictConfig(probabilities=True))
-    one_plane = one_plane_twin(three_plane_model)
-    passes = []
-    for axis in (0, 1, 2):
-        view = np.moveaxis(case.image, axis, 0)
-        probabilities = predict_volume(one_plane, view, PredictConfig(probabilities=True))
-        passes.append(np.moveaxis(probabilities.probabilities, 1, axis + 1))
+    config = PredictConfig(probabilities=True)
+    got = predict_volume(three_plane_model, case.image, config)
+    passes = passes_by_hand(three_plane_model, case.image, config)
     expected = np.mean(passes, axis=0)
     assert got.probabilities.shape == (2, *SHAPE)
     np.testing.assert_allclose(got.probabilities, expected, atol=1e-5)
@@ -172,12 +181,8 @@ def test_planes_survive_a_model_file_and_old_files_read_as_one(three_plane_model
 
 def test_an_ensembles_disagreement_is_averaged_over_the_planes_too(case):
     model = train_three_planes(case, iterations=1, ensemble=2)
-    got = predict_volume(model, case.image, PredictConfig(uncertainty=True))
-    one_plane = one_plane_twin(model)
-    passes = []
-    for axis in (0, 1, 2):
-        view = np.moveaxis(case.image, axis, 0)
-        result = predict_volume(one_plane, view, PredictConfig(uncertainty=True))
-        passes.append(np.moveaxis(result.uncertainty, 0, axis))
+    config = PredictConfig(uncertainty=True)
+    got = predict_volume(model, case.image, config)
+    passes = passes_by_hand(model, case.image, config)
     assert got.uncertainty.shape == SHAPE
     np.testing.assert_allclose(got.uncertainty, np.mean(passes, axis=0), atol=1e-5)
