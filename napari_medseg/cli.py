@@ -81,7 +81,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--group-norm",
         action="store_true",
         help="normalise over groups of channels within each patch instead of batch norm "
-        "(steadier with small batches; the paper's network has batch norm)",
+        "(better on the three-tissue brain, worse on single structures; see the README)",
     )
 
 
