@@ -305,6 +305,12 @@ def test_predict_lists_models_from_registry(synthetic_viewer, models):
     ensemble = SimpleNamespace(**{**config.__dict__, "network": SimpleNamespace(members=3)})
     models.add("third", SimpleNamespace(config=ensemble))
     assert widget.model_info.text().startswith("3 × unet3d (ensemble) · tube")
+    planes = SimpleNamespace(**{**config.__dict__, "arch": "unet2d", "planes": (0, 1, 2)})
+    models.add("fourth", SimpleNamespace(config=planes))
+    assert widget.model_info.text().startswith("unet2d on 3 planes · tube")
+    grouped = SimpleNamespace(**{**config.__dict__, "network": SimpleNamespace(norm_groups=4)})
+    models.add("fifth", SimpleNamespace(config=grouped))
+    assert widget.model_info.text().startswith("unet3d · group norm · tube")
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -74,6 +74,10 @@ def describe_model(entry: ModelEntry) -> str:
     source = "" if entry.source == "trained" else f" · from {Path(entry.source).name}"
     members = _members(config)
     arch = config.arch if members == 1 else f"{members} × {config.arch} (ensemble)"
+    if len(getattr(config, "planes", (0,))) > 1:
+        arch += " on 3 planes"
+    if getattr(getattr(config, "network", None), "norm_groups", 0):
+        arch += " · group norm"
     return f"{arch} · {', '.join(names)} · {spacing} mm{trained}{source}"
 
 
