@@ -50,6 +50,7 @@ def _train_config(args: argparse.Namespace):
         ensemble=args.ensemble,
         planes=args.planes,
         group_norm=args.group_norm,
+        mixed_precision=not args.full_precision,
     )
 
 
@@ -82,6 +83,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="normalise over groups of channels within each patch instead of batch norm "
         "(better on the three-tissue brain, worse on single structures; see the README)",
+    )
+    _add_precision_option(parser)
+
+
+def _add_precision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--full-precision",
+        action="store_true",
+        help="compute in float32 even where the device does bf16 natively (a GPU, a CPU "
+        "with AVX-512 BF16 or AMX): slower, the same numbers on every machine",
     )
 
 
@@ -128,7 +139,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             args.model,
             args.image,
             args.out,
-            PredictConfig(device=args.device, mirror=args.mirror),
+            PredictConfig(
+                device=args.device,
+                mirror=args.mirror,
+                mixed_precision=not args.full_precision,
+            ),
             probabilities_path=args.probabilities,
             uncertainty_path=args.uncertainty,
             annotation=annotation,
@@ -305,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=devices, default="auto")
     p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")
+    _add_precision_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="compare a segmentation with an expert mask")

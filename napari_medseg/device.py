@@ -50,21 +50,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise MedsegInputError(f"unknown device {name!r}: use auto, cpu, cuda or mps")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has AMX tiles, where bf16 autocast is several times faster.
+#: CPU flags of native bf16 arithmetic: AMX tiles (Intel Sapphire Rapids and later) and
+#: AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake). Without either, torch emulates bf16
+#: and it is slower than float32.
+NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
-    On CPUs without AMX (most AMD and older Intel parts) bf16 is emulated and much slower
-    than float32, so it is never used there.
-    """
+
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
+                    return set(line.split(":", 1)[-1].split())
     except OSError:
-        return False
-    return False
+        return set()
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 natively (:data:`NATIVE_BF16_FLAGS`).
+
+    Measured on a 2-core AMD EPYC with AVX-512 BF16 (``benchmarks/cpu_bf16.py``): a 3D U-Net
+    prediction tile took 39 ms instead of 145, a training step 56 instead of 70. Elsewhere
+    (most laptops' Intel parts, older AMD) bf16 is emulated and slower than float32, so it is
+    never used there; ``/proc/cpuinfo`` is read, so other systems compute in float32.
+    """
+    return bool(NATIVE_BF16_FLAGS & _cpu_flags())
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.dtype | None:

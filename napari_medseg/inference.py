@@ -44,6 +44,10 @@ class PredictConfig:
         Also return where an ensemble's networks disagree (:func:`disagreement`): high
         where the painted slices left the answer open, which is where painting one more
         slice helps most. Needs a model trained as an ensemble.
+    mixed_precision : bool
+        Compute in bf16 (or fp16) where the device does so natively: CUDA, and CPUs with
+        AVX-512 BF16 or AMX (:func:`~napari_medseg.device.autocast_dtype`). ``False``:
+        float32 everywhere (``benchmarks/cpu_bf16.py`` measures the speed and agreement).
     """
 
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -52,6 +56,7 @@ class PredictConfig:
     tile_shape: tuple[int, int, int] | None = None
     mirror: bool = False
     uncertainty: bool = False
+    mixed_precision: bool = True
 
 
 @dataclass
@@ -268,7 +273,7 @@ def _predict_tiles(
         passes.append((axis, view, GridSampler(view.shape, tiles, config.overlap)))
     total = sum(len(sampler) for _, _, sampler in passes)
     summed = summed_spread = None  # sums over the finished passes (several planes only)
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, config.mixed_precision)
     pin = device.type == "cuda"
     complete = True
     index = 0
