@@ -14,6 +14,11 @@ keys for settings that are not options of the product, patched in for the measur
 - ``"norm"``: the normalisation layer in place of batch norm, ``"instance"`` or a number of
   groups for group norm (``"4"``).
 
+Two more keys choose what is trained: ``"budget"`` (seconds, default 120) and ``"case"``,
+another case of ``paper_table.load_case`` with its own annotation (``"brain1"``, ``"breast1"``,
+...; default the three-tissue brain). For a case of one structure, "CSF" in the output reads
+"structure 1".
+
 Each run is its own process (the patches must not leak); run it alone::
 
     .venv/bin/python benchmarks/brain_tissue_variants.py base
@@ -31,6 +36,7 @@ import time
 
 import numpy as np
 from generalisation import _cases  # benchmarks/ is on the path when run as a script
+from paper_table import load_case
 
 from napari_medseg.inference import PredictConfig, predict
 from napari_medseg.metrics import evaluate
@@ -84,6 +90,15 @@ def _patch_norm(norm: str) -> None:
     blocks.conv_norm_relu = conv_norm_relu
 
 
+def _case(name: str):
+    """The three-tissue brain as ``generalisation.py`` paints it, or a paper-table case."""
+    if name == "brain_tissue":
+        return next(c for *_, c in _cases("brain"))
+    case = load_case(name)
+    case.expert_mask = case.expert
+    return case
+
+
 def _run(variant: dict) -> dict:
     import napari_medseg.training as training
 
@@ -93,9 +108,9 @@ def _run(variant: dict) -> dict:
     if "aug" in settings:
         training.AugmentConfig = functools.partial(training.AugmentConfig, **settings.pop("aug"))
     budget = float(settings.pop("budget", 120.0))
+    case = _case(settings.pop("case", "brain_tissue"))
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
     config = training.TrainConfig(time_budget=budget, **settings)
-    case = next(c for *_, c in _cases("brain"))
     start = time.perf_counter()
     model = run_to_completion(
         training.train(case.image, case.annotation, config, spacing=case.spacing)

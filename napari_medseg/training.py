@@ -85,6 +85,13 @@ class TrainConfig:
         moved by -0.032 to +0.067, the synthetic volumes by -0.016 to -0.002
         (``benchmarks/results/batch_norm_calibration.jsonl``,
         ``brain1_180s_calibrated_cli.txt``).
+    freeze_batch_norm : float
+        Fraction of the run, at its end, during which batch norm normalises with its
+        running statistics (the ones prediction uses) instead of each batch's own, while the
+        weights go on learning; 0 turns it off. With batches of two class-balanced patches,
+        each batch's statistics differ from the running ones the network is applied with,
+        which moves every decision a little; in the frozen phase the network is trained as
+        it will be applied.
     patch_shape : tuple of int or None
         Training patch, array order; ``None`` chooses one from the image size and spacing.
     batch_size : int
@@ -152,6 +159,7 @@ class TrainConfig:
     batch_norm: bool = True
     group_norm: bool = False
     calibrate_batch_norm: bool = False
+    freeze_batch_norm: float = 0.0
     patch_shape: tuple[int, int, int] | None = None
     batch_size: int = 2
     learning_rate: float = 1e-2
@@ -184,6 +192,8 @@ class TrainConfig:
             raise MedsegInputError("base channels and batch size must be at least 1")
         if self.batch_workers is not None and self.batch_workers < 0:
             raise MedsegInputError("batch workers cannot be negative")
+        if not 0.0 <= self.freeze_batch_norm <= 1.0:
+            raise MedsegInputError("freeze_batch_norm is a fraction of the run, 0 to 1")
         if not 1 <= self.ensemble <= MAX_MEMBERS:
             raise MedsegInputError(f"ensemble must be 1 to {MAX_MEMBERS} networks")
 
@@ -501,6 +511,8 @@ def train(
                     fraction = _fraction(
                         member_config, state.step, time.perf_counter() - member_start
                     )
+                    if config.freeze_batch_norm and fraction >= 1 - config.freeze_batch_norm:
+                        run.freeze_batch_norm()
                     loss = run.step(
                         images, targets, config.learning_rate * _lr_factor(fraction, state.step)
                     )
@@ -712,6 +724,11 @@ class _Optimisation:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return value
+
+    def freeze_batch_norm(self) -> None:
+        """From now on batch norm uses (and keeps) its running statistics, as in prediction."""
+        for layer in batch_norm_layers(self.network):
+            layer.eval()
 
     def remember_good(self) -> None:
         """Keep a copy of the current weights to fall back on."""

@@ -199,3 +199,31 @@ def test_a_stopped_run_ends_at_once_as_trained(cube_case):
     assert [p.step for p in items] == [1, 2]
     assert model.config.history["stop_reason"] == "stopped"
     assert model.config.history["batch_norm_calibration_tiles"] == []
+
+
+@pytest.mark.parametrize(("freeze", "tracked"), [(0.0, 10), (0.3, 7), (0.5, 5), (1.0, 0)])
+def test_frozen_batch_norm_stops_following_the_batches(cube_case, freeze, tracked):
+    image, annotation = cube_case
+    config = TrainConfig(
+        iterations=10, time_budget=None, base_channels=4, seed=0, freeze_batch_norm=freeze
+    )
+    model = run_to_completion(train(image, annotation, config))
+    layers = batch_norm_layers(model.network)
+    # each training-mode forward pass counts one batch; frozen steps count none
+    assert {int(m.num_batches_tracked) for m in layers} == {tracked}
+    if freeze == 1.0:  # never followed a batch: still the initial statistics
+        assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in layers)
+    # frozen or not, the weights go on learning: they moved after the first step
+    one_step = TrainConfig(**{**vars(config), "iterations": 1})
+    early = run_to_completion(train(image, annotation, one_step))
+    first = next(n for n, _ in model.network.named_parameters())
+    assert not torch.equal(model.network.state_dict()[first], early.network.state_dict()[first])
+
+
+def test_a_frozen_phase_outside_the_run_is_refused(cube_case):
+    from napari_medseg.errors import MedsegInputError
+
+    image, annotation = cube_case
+    for bad in (-0.1, 1.5):
+        with pytest.raises(MedsegInputError, match="fraction of the run"):
+            next(train(image, annotation, TrainConfig(iterations=1, freeze_batch_norm=bad)))

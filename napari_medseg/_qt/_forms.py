@@ -499,5 +499,6 @@ def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
             "ensemble": (1, 10),
             "patch_shape": (1, 4096),
             "time_budget": (1, 10**6),
+            "freeze_batch_norm": (0.0, 1.0, 0.05),
         },
     )
