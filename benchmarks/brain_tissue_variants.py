@@ -90,6 +90,14 @@ def _patch_norm(norm: str) -> None:
     blocks.conv_norm_relu = conv_norm_relu
 
 
+def _loss_by_tenth(trace: list[tuple[float, float]]) -> list[float]:
+    """Mean training loss over each tenth of the run (spikes and collapses show here)."""
+    tenths: list[list[float]] = [[] for _ in range(10)]
+    for fraction, loss in trace:
+        tenths[min(9, int(fraction * 10))].append(loss)
+    return [round(float(np.mean(t)), 3) if t else float("nan") for t in tenths]
+
+
 def _case(name: str):
     """The three-tissue brain as ``generalisation.py`` paints it, or a paper-table case."""
     if name == "brain_tissue":
@@ -112,11 +120,15 @@ def _run(variant: dict) -> dict:
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
     config = training.TrainConfig(time_budget=budget, **settings)
     start = time.perf_counter()
+    trace: list[tuple[float, float]] = []
     model = run_to_completion(
-        training.train(case.image, case.annotation, config, spacing=case.spacing)
+        training.train(case.image, case.annotation, config, spacing=case.spacing),
+        lambda item: trace.append((item.fraction, item.loss)),
     )
     segmentation = run_to_completion(predict(model, case.image, PredictConfig())).labels
     row = {"variant": variant, "steps": model.config.history["steps"]}
+    row["stop_reason"] = model.config.history["stop_reason"]
+    row["loss_by_tenth"] = _loss_by_tenth(trace)
     row.update(_score(case, segmentation))
     row["seconds"] = round(time.perf_counter() - start)
     return row

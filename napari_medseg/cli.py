@@ -51,6 +51,7 @@ def _train_config(args: argparse.Namespace):
         planes=args.planes,
         group_norm=args.group_norm,
         mixed_precision=not args.full_precision,
+        freeze_batch_norm=args.freeze_batch_norm,
     )
 
 
@@ -83,6 +84,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="normalise over groups of channels within each patch instead of batch norm "
         "(better on the three-tissue brain, worse on single structures; see the README)",
+    )
+    parser.add_argument(
+        "--freeze-batch-norm",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="for the last FRACTION of the run, batch norm uses the statistics prediction "
+        "uses while the weights learn on (default: 0.3 with several structures, 0 with one)",
     )
     _add_precision_option(parser)
 

@@ -227,3 +227,19 @@ def test_a_frozen_phase_outside_the_run_is_refused(cube_case):
     for bad in (-0.1, 1.5):
         with pytest.raises(MedsegInputError, match="fraction of the run"):
             next(train(image, annotation, TrainConfig(iterations=1, freeze_batch_norm=bad)))
+
+
+def test_batch_norm_is_frozen_by_default_only_for_several_structures(cube_case):
+    from napari_medseg.training import FROZEN_BATCH_NORM_FRACTION, default_freeze_batch_norm
+
+    assert default_freeze_batch_norm(1) == 0.0
+    assert default_freeze_batch_norm(3) == FROZEN_BATCH_NORM_FRACTION == 0.3
+    image, one = cube_case
+    two = one.copy()
+    two[8, 14:18, 14:18][one[8, 14:18, 14:18] == 2] = 3  # a corner of the cube: structure 2
+    config = TrainConfig(iterations=10, time_budget=None, base_channels=4, seed=0)
+    for annotation, frozen, tracked in ((one, 0.0, 10), (two, 0.3, 7)):
+        model = run_to_completion(train(image, annotation, config))
+        assert model.config.history["freeze_batch_norm"] == frozen
+        layers = batch_norm_layers(model.network)
+        assert {int(m.num_batches_tracked) for m in layers} == {tracked}

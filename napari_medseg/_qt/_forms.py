@@ -482,6 +482,7 @@ def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
             "base_channels": "8",
             "threads": "torch's default",
             "batch_workers": "none on a CPU, most cores on a GPU",
+            "freeze_batch_norm": "0.3 for several structures, off for one",
         },
         suggest={
             "iterations": 200,
@@ -489,6 +490,7 @@ def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
             "base_channels": 8,
             "threads": 2,
             "batch_workers": 4,
+            "freeze_batch_norm": 0.3,
         },
         limits={
             "iterations": (1, 10**7),
