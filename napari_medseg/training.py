@@ -286,7 +286,7 @@ def default_freeze_batch_norm(n_structures: int) -> float:
     several structures, none for one.
 
     Measured with the 3D U-Net (``benchmarks/results/freeze_batch_norm.jsonl``, bf16 on the
-    development CPU): the three-tissue brain at 120 s went from 0.856, 0.839 and 0.880 mean
+    development CPU): the three-tissue brain at 120 s went from 0.857, 0.839 and 0.880 mean
     Dice to 0.879, 0.896 and 0.886 (seeds 0-2; 0.892 and 0.885 with half the run frozen),
     CSF from 0.74-0.79 to 0.78-0.80; the prostate phantom (4 structures, 60 s) 0.667/0.692
     against 0.670/0.687 and the three-structure synthetic1 0.909/0.927 against 0.911/0.922
