@@ -54,7 +54,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or mps")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    amp = autocast_dtype(device)
+    amp = autocast_dtype(device, training=True)
     print(f"# step_speed: {' '.join(sys.argv)}")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device} ({name})")

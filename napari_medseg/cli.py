@@ -100,8 +100,8 @@ def _add_precision_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--full-precision",
         action="store_true",
-        help="compute in float32 even where the device does bf16 natively (a GPU, a CPU "
-        "with AVX-512 BF16 or AMX): slower, the same numbers on every machine",
+        help="compute in float32 even where the device does bf16 natively (a GPU; for "
+        "prediction also a CPU with AVX-512 BF16 or AMX): slower, the same numbers everywhere",
     )
 
 

@@ -71,21 +71,40 @@ def _cpu_flags() -> set[str]:
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU computes bf16 natively (:data:`NATIVE_BF16_FLAGS`).
 
-    Measured on a 2-core AMD EPYC with AVX-512 BF16 (``benchmarks/cpu_bf16.py``): a 3D U-Net
-    prediction tile took 39 ms instead of 145, a training step 56 instead of 70. Elsewhere
-    (most laptops' Intel parts, older AMD) bf16 is emulated and slower than float32, so it is
-    never used there; ``/proc/cpuinfo`` is read, so other systems compute in float32.
+    Elsewhere (most laptops' Intel parts, older AMD) bf16 is emulated and slower than
+    float32, so it is never used there; ``/proc/cpuinfo`` is read, so other systems compute
+    in float32.
     """
     return bool(NATIVE_BF16_FLAGS & _cpu_flags())
 
 
-def autocast_dtype(device: torch.device, mixed_precision: bool = True) -> torch.dtype | None:
-    """The autocast dtype to use on ``device`` (``None`` means plain float32)."""
+def autocast_dtype(
+    device: torch.device, mixed_precision: bool = True, *, training: bool = False
+) -> torch.dtype | None:
+    """The autocast dtype to use on ``device`` (``None`` means plain float32).
+
+    CUDA: bf16 (fp16 where bf16 is not supported), for training and prediction. A CPU with
+    native bf16 (:func:`cpu_has_fast_bf16`): bf16 for prediction only. Measured on a 2-core
+    AMD EPYC with AVX-512 BF16 (``benchmarks/results/cpu_bf16.md``): a 3D U-Net prediction
+    tile took 38 ms instead of 140, with labels differing from float32 on 0.05-0.08 % of the
+    voxels; a training step took 55 ms instead of 82, but two of six brain1 trainings in
+    bf16 (180 s) ended finding no tumour at all, none in float32, so CPU training stays in
+    float32.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the network runs.
+    mixed_precision : bool
+        ``False``: float32 everywhere.
+    training : bool
+        For a training step (or anything that updates batch-norm statistics).
+    """
     if not mixed_precision:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_fast_bf16():
+    if device.type == "cpu" and not training and cpu_has_fast_bf16():
         return torch.bfloat16
     return None
 

@@ -119,7 +119,8 @@ class TrainConfig:
         (left and right organs, structures told apart by where they lie or which way they
         run), and on isotropic volumes they cost more than they add.
     mixed_precision : bool
-        Autocast on CUDA (and on CPUs with AMX); ignored elsewhere.
+        bf16 (or fp16) autocast on CUDA; a CPU trains in float32 whatever this says (bf16
+        training on a CPU lost brain1 twice in six runs: :func:`~.device.autocast_dtype`).
     threads : int or None
         CPU threads for torch during training (restored afterwards). ``None``: torch's
         setting on a CPU; at most 4 on a GPU with batch workers, which need the cores.
@@ -719,7 +720,7 @@ class _Optimisation:
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=config.learning_rate, weight_decay=1e-4
         )
-        self.amp_dtype = autocast_dtype(device, config.mixed_precision)
+        self.amp_dtype = autocast_dtype(device, config.mixed_precision, training=True)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.pin = device.type == "cuda"
         self.last_good = copy.deepcopy(self.network.state_dict())
