@@ -286,16 +286,17 @@ def default_freeze_batch_norm(n_structures: int) -> float:
     """The frozen batch-norm phase ``freeze_batch_norm=None`` chooses: 0.3 of the run for
     several structures, none for one.
 
-    Measured with the 3D U-Net (``benchmarks/results/freeze_batch_norm.jsonl``, bf16 on the
-    development CPU): the three-tissue brain at 120 s went from 0.857, 0.839 and 0.880 mean
-    Dice to 0.879, 0.896 and 0.886 (seeds 0-2; 0.892 and 0.885 with half the run frozen),
-    CSF from 0.74-0.79 to 0.78-0.80; the prostate phantom (4 structures, 60 s) 0.667/0.692
-    against 0.670/0.687 and the three-structure synthetic1 0.909/0.927 against 0.911/0.922
-    (seeds 0/1). With one structure it is not used: on brain1 (180 s, seed 0) one run with
-    it found no tumour at all, not even on the painted slices (Dice 0; 0.691 without it). A
-    repeat of that run did find it, but its loss had spiked from about 0.3 to 1.1-1.4 for a
-    few hundred steps mid-run; batch norm that follows each batch re-centres the features
-    and recovers from such a spike, frozen statistics may not (our reading, not proven).
+    Measured with the 3D U-Net (``benchmarks/results/freeze_batch_norm.jsonl``; on the
+    development CPU, one process per run): the three-tissue brain at 120 s went from 0.838,
+    0.868 and 0.821 mean Dice to 0.889, 0.879 and 0.865 (seeds 0-2; CSF 0.59-0.74 ->
+    0.77-0.79). Measured while training ran in bf16, the same: 0.857, 0.839, 0.880 ->
+    0.879, 0.896, 0.886 (0.892 and 0.885 with half the run frozen); the prostate phantom
+    (4 structures, 60 s) 0.667/0.692 against 0.670/0.687 and the three-structure synthetic1
+    0.909/0.927 against 0.911/0.922 (seeds 0/1). With one structure it is not used: the
+    only brain1 run with it (180 s, seed 0, bf16 training) found no tumour at all, not even
+    on the painted slices. bf16 training lost brain1 once without it too (which is why a
+    CPU now trains in float32), so that run does not settle it; batch norm that follows
+    each batch re-centres the features after a loss spike, frozen statistics may not.
     """
     return FROZEN_BATCH_NORM_FRACTION if n_structures > 1 else 0.0
 
