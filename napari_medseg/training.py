@@ -288,8 +288,8 @@ def default_freeze_batch_norm(n_structures: int) -> float:
 
     Measured with the 3D U-Net (``benchmarks/results/freeze_batch_norm.jsonl``; on the
     development CPU, one process per run): the three-tissue brain at 120 s went from 0.838,
-    0.868 and 0.821 mean Dice to 0.889, 0.879 and 0.865 (seeds 0-2; CSF 0.59-0.74 ->
-    0.77-0.79). Measured while training ran in bf16, the same: 0.857, 0.839, 0.880 ->
+    0.868 and 0.821 mean Dice to 0.889, 0.879 and 0.865 (seeds 0-2; seed 2's CSF from 0.59
+    to 0.77). Measured while training ran in bf16, the same: 0.857, 0.839, 0.880 ->
     0.879, 0.896, 0.886 (0.892 and 0.885 with half the run frozen); the prostate phantom
     (4 structures, 60 s) 0.667/0.692 against 0.670/0.687 and the three-structure synthetic1
     0.909/0.927 against 0.911/0.922 (seeds 0/1). With one structure it is not used: the
