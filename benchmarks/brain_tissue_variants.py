@@ -90,12 +90,12 @@ def _patch_norm(norm: str) -> None:
     blocks.conv_norm_relu = conv_norm_relu
 
 
-def _loss_by_tenth(trace: list[tuple[float, float]]) -> list[float]:
+def _loss_by_tenth(trace: list[tuple[float, float]]) -> list[float | None]:
     """Mean training loss over each tenth of the run (spikes and collapses show here)."""
     tenths: list[list[float]] = [[] for _ in range(10)]
     for fraction, loss in trace:
         tenths[min(9, int(fraction * 10))].append(loss)
-    return [round(float(np.mean(t)), 3) if t else float("nan") for t in tenths]
+    return [round(float(np.mean(t)), 3) if t else None for t in tenths]
 
 
 def _case(name: str):

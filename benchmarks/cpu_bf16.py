@@ -19,6 +19,7 @@ Runs are sequential; run it alone::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -26,9 +27,10 @@ import time
 import numpy as np
 import torch
 from paper_table import load_case  # benchmarks/ is on the path when run as a script
+from step_speed import _median_ms
 
 from napari_medseg.device import cpu_has_fast_bf16, memory_format_for
-from napari_medseg.inference import PredictConfig, predict
+from napari_medseg.inference import PredictConfig, predict, tile_shape_for
 from napari_medseg.losses import masked_cross_entropy, masked_soft_dice
 from napari_medseg.metrics import evaluate
 from napari_medseg.models import build_network
@@ -40,17 +42,6 @@ SCANS = {
     "three-tissue brain, 2 mm": ((81, 97, 79), (2.0, 2.0, 2.0)),
     "brain1, 6.5 mm slices": ((25, 256, 256), (6.5, 0.78, 0.78)),
 }
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def _timings(arch: str, shape, spacing, amp: torch.dtype | None, repeats: int):
@@ -78,17 +69,14 @@ def _timings(arch: str, shape, spacing, amp: torch.dtype | None, repeats: int):
 
     train_ms = _median_ms(step, repeats)
     network.eval()
-    if arch == "unet3d":  # inference.default_tile_shape: twice the patch, or 8 slices
-        tile = [min(s, 2 * p) for s, p in zip(shape, patch)]
-    else:
-        tile = [min(shape[0], 8), *(min(s, 256) for s in shape[1:])]
+    tile = tile_shape_for(arch, patch, shape)
     xt = torch.randn(1, 1, *tile).contiguous(memory_format=layout)
 
     def infer() -> None:
         with torch.inference_mode(), autocast():
             network(xt)
 
-    return patch, tuple(tile), train_ms, _median_ms(infer, repeats)
+    return patch, tile, train_ms, _median_ms(infer, repeats)
 
 
 def speed(repeats: int) -> None:
@@ -107,21 +95,25 @@ def speed(repeats: int) -> None:
             )
 
 
-def _train(case, budget: float, seed: int, bf16: bool):
+@contextlib.contextmanager
+def _cpu_training_in_bf16():
+    """Let training use the prediction's autocast dtype, as an earlier version did."""
     import napari_medseg.training as training
 
-    if not bf16:
-        config = TrainConfig(time_budget=budget, seed=seed)
-        return run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
     real = training.autocast_dtype
     training.autocast_dtype = lambda device, mixed_precision=True, training=False: real(
         device, mixed_precision
     )
     try:
-        config = TrainConfig(time_budget=budget, seed=seed)
-        return run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
+        yield
     finally:
         training.autocast_dtype = real
+
+
+def _train(case, budget: float, seed: int, bf16: bool):
+    config = TrainConfig(time_budget=budget, seed=seed)
+    with _cpu_training_in_bf16() if bf16 else contextlib.nullcontext():
+        return run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
 
 
 def quality(cases: list[str], budget: float, seeds: list[int], train_bf16: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,10 +94,18 @@ class Prediction:
 
 def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Tiles twice the training patch per axis (capped by the volume), for fewer seams."""
-    patch = model.config.patch_shape
-    if model.config.arch != "unet3d":
-        return (min(shape[0], 8), *(min(s, 256) for s in shape[1:]))
-    return tuple(min(s, 2 * p) for s, p in zip(shape, patch))  # type: ignore[return-value]
+    return tile_shape_for(model.config.arch, model.config.patch_shape, shape)
+
+
+def tile_shape_for(
+    arch: str, patch_shape: Sequence[int], shape: Sequence[int]
+) -> tuple[int, int, int]:
+    """The default tile of ``arch`` trained on ``patch_shape`` for a volume of ``shape``:
+    twice the patch per axis for the 3D U-Net, 8 slices of up to 256 x 256 for 2D networks,
+    each capped by the volume."""
+    if arch != "unet3d":
+        return (min(shape[0], 8), *(min(s, 256) for s in shape[1:]))  # type: ignore[return-value]
+    return tuple(min(s, 2 * p) for s, p in zip(shape, patch_shape))  # type: ignore[return-value]
 
 
 def disagreement(member_probabilities: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_training_inference import _cube_case  # tests/ is on the path (no package)
 
 import napari_medseg.device as device_module
 from napari_medseg.checkpoint import load_model
@@ -60,17 +61,6 @@ def test_cpu_flags_are_read_from_the_flags_line(tmp_path, monkeypatch):
     assert device_module._cpu_flags() == {"fpu", "avx2"}  # the model name does not count
 
 
-def _case(shape=(12, 24, 24)):
-    rng = np.random.default_rng(0)
-    truth = np.zeros(shape, np.uint8)
-    truth[3:9, 6:18, 6:18] = 1
-    image = (truth * 2.0 + rng.normal(0, 0.3, shape)).astype(np.float32)
-    annotation = np.zeros(shape, np.uint8)
-    annotation[6] = truth[6] + 1
-    annotation[:, 12] = truth[:, 12] + 1
-    return image, annotation, truth
-
-
 def _spy_autocast(monkeypatch) -> list:
     """Record the dtype of every autocast region entered on the CPU (``None``: disabled)."""
     seen: list = []
@@ -87,7 +77,7 @@ def _spy_autocast(monkeypatch) -> list:
 
 def test_such_a_cpu_trains_in_float32_and_predicts_in_bf16(cpu_flags, monkeypatch):
     cpu_flags("avx512_bf16")
-    image, annotation, truth = _case()
+    image, annotation, truth = _cube_case()
     seen_training = _spy_autocast(monkeypatch)
     config = TrainConfig(iterations=40, time_budget=None, base_channels=8, seed=0, device="cpu")
     model = run_to_completion(train(image, annotation, config, spacing=(1.0, 1.0, 1.0)))
@@ -109,7 +99,7 @@ def test_such_a_cpu_trains_in_float32_and_predicts_in_bf16(cpu_flags, monkeypatc
 
 def test_full_precision_option_of_the_command_line(cpu_flags, monkeypatch, tmp_path):
     cpu_flags("avx512_bf16")
-    image, annotation, _ = _case()
+    image, annotation, _ = _cube_case()
     image_path = write_volume(tmp_path / "image.nrrd", image)
     annotation_path = write_volume(tmp_path / "annotation.nrrd", annotation, labels=True)
     model_path = tmp_path / "m.safetensors"
