@@ -5,11 +5,13 @@
 >>> api.predict_file("model.safetensors", "ct.nii.gz", "ct_seg.nii.gz")
 >>> result = api.evaluate_files("ct_seg.nii.gz", "ct_expert.nii.gz")
 >>> result.to_dict()["mean"]["dice"]
+>>> api.crossval_files("ct.nii.gz", "ct_annotation.nii.gz").format_table()
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 
 from .annotation import check_painted, keep_painted
 from .checkpoint import TrainedModel, load_model, save_model
+from .crossval import CrossValConfig, CrossValProgress, CrossValResult, crossval
 from .errors import MedsegInputError
 from .inference import PredictConfig, Prediction, TileProgress, predict
 from .io import read_volume, write_volume
@@ -171,6 +174,32 @@ def write_probabilities(path: PathLike, probabilities: np.ndarray, reference: Vo
         origin=(0.0, *reference.origin),
         direction=direction,
     )
+
+
+def crossval_files(
+    image_path: PathLike,
+    annotation_path: PathLike,
+    config: CrossValConfig | None = None,
+    *,
+    class_names: list[str] | None = None,
+    on_progress: Callable[[CrossValProgress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> CrossValResult:
+    """Read an image and its annotation and cross-validate over the annotated slices
+    (:func:`~napari_medseg.crossval.crossval`; ``stop`` ends it after the current step,
+    with the folds finished so far)."""
+    image = read_volume(image_path)
+    annotation = read_volume(annotation_path)
+    check_same_geometry(image, annotation, "annotation")
+    generator = crossval(
+        np.asarray(image.array),
+        np.asarray(annotation.array),
+        config,
+        spacing=image.spacing,
+        class_names=class_names,
+        stop=stop,
+    )
+    return run_to_completion(generator, on_progress)
 
 
 def evaluate_files(

@@ -4,120 +4,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from . import __version__
 from .errors import MedsegError, MedsegInputError
-from .progress import ProgressBar
+from .options import add_arguments, config_from_args
+from .progress import Progress, ProgressBar, show
+from .training import TrainConfig
 
 EXIT_USER_ERROR = 2
 
 
-def _train_detail(p) -> tuple[float, str]:
-    text = f"step {p.step} loss {p.loss:.3f} {p.elapsed:4.0f}s"
-    return p.fraction, f"{text} {p.message}".strip()
-
-
-def _tile_detail(t) -> tuple[float, str]:
-    return t.index / max(1, t.total), f"tile {t.index}/{t.total} {t.message}".strip()
-
-
-def _bar_callback(label: str, describe):
+def _bar(label: str) -> tuple[ProgressBar, Callable[[Progress], None]]:
     bar = ProgressBar(label)
-
-    def update(item) -> None:
-        bar.update(*describe(item))
-
-    return bar, update
+    return bar, show(bar)
 
 
-def _train_config(args: argparse.Namespace):
-    """TrainConfig from the shared training options (60 s unless a budget or count is given)."""
-    from .training import TrainConfig
-
-    budget = args.time_budget
-    if budget is None and args.iterations is None:
-        budget = 60.0
-    return TrainConfig(
-        arch=args.arch,
-        time_budget=budget,
-        iterations=args.iterations,
-        device=args.device,
-        seed=args.seed,
-        base_channels=getattr(args, "base_channels", None),
-        flips=args.flips,
-        ensemble=args.ensemble,
-        planes=args.planes,
-        group_norm=args.group_norm,
-        mixed_precision=not args.full_precision,
-        freeze_batch_norm=args.freeze_batch_norm,
-    )
+def _class_names(args: argparse.Namespace) -> list[str] | None:
+    return args.class_names.split(",") if args.class_names else None
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``train`` and ``crossval``: flips, ensembles, 2D planes, group norm."""
-    parser.add_argument(
-        "--flips",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="flip and turn training patches by right angles (auto: only when one structure "
-        "is painted, since with several a mirror image can swap them)",
-    )
-    parser.add_argument(
-        "--ensemble",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train N networks, each with its own seed and 1/N of the time, and average "
-        "them (steadier results; default 1)",
-    )
-    parser.add_argument(
-        "--planes",
-        choices=["one", "three"],
-        default="one",
-        help="2D networks: take slices across the first axis only (one, the default) or "
-        "across all three and average the three passes (three)",
-    )
-    parser.add_argument(
-        "--group-norm",
-        action="store_true",
-        help="normalise over groups of channels within each patch instead of batch norm "
-        "(better on the three-tissue brain, worse on single structures; see the README)",
-    )
-    parser.add_argument(
-        "--freeze-batch-norm",
-        type=float,
-        default=None,
-        metavar="FRACTION",
-        help="for the last FRACTION of the run, batch norm uses the statistics prediction "
-        "uses while the weights learn on (default: 0.3 with several structures, 0 with one)",
-    )
-    _add_precision_option(parser)
-
-
-def _add_precision_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--full-precision",
-        action="store_true",
-        help="compute in float32 even where the device does bf16 natively (a GPU; for "
-        "prediction also a CPU with AVX-512 BF16 or AMX): slower, the same numbers everywhere",
-    )
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from the options given (60 s unless a budget or a step count is given)."""
+    only_steps = args.iterations is not None and args.time_budget is None
+    return config_from_args(TrainConfig, args, **({"time_budget": None} if only_steps else {}))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import train_files
 
     config = _train_config(args)
-    class_names = args.class_names.split(",") if args.class_names else None
-    bar, update = _bar_callback("train", _train_detail)
+    bar, update = _bar("train")
     try:
         model = train_files(
             args.image,
             args.annotation,
             args.out,
             config,
-            class_names=class_names,
+            class_names=_class_names(args),
             on_progress=update,
         )
     finally:
@@ -137,22 +65,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict_file
     from .inference import PredictConfig
 
+    config = config_from_args(PredictConfig, args)
     annotation = None
     if args.annotation:
         from .io import read_volume
 
         annotation = read_volume(args.annotation)  # once: kept voxels and suggestions
-    bar, update = _bar_callback("predict", _tile_detail)
+    bar, update = _bar("predict")
     try:
         prediction = predict_file(
             args.model,
             args.image,
             args.out,
-            PredictConfig(
-                device=args.device,
-                mirror=args.mirror,
-                mixed_precision=not args.full_precision,
-            ),
+            config,
             probabilities_path=args.probabilities,
             uncertainty_path=args.uncertainty,
             annotation=annotation,
@@ -196,67 +121,61 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(case=args.case, time_budget=args.time_budget, device=args.device, seed=args.seed)
+    config = config_from_args(TrainConfig, args)  # the demo's budget, device and seed
+    run_demo(case=args.case, time_budget=config.time_budget, device=config.device,
+             seed=config.seed)
     return 0
-
-
-def _crossval_detail(p) -> tuple[float, str]:
-    if p.phase == "train":
-        text = f"fold {p.fold + 1}/{p.folds} train step {p.step} loss {p.loss:.3f}"
-    else:
-        text = f"fold {p.fold + 1}/{p.folds} predict tile {p.step}"
-    return p.fraction, f"{text} {p.elapsed:4.0f}s {p.message}".strip()
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
     """``medseg crossval``: k-fold cross-validation over the annotated slices."""
-    import signal
-    import threading
+    from .api import crossval_files
+    from .crossval import CrossValConfig
 
-    import numpy as np
-
-    from .api import check_same_geometry
-    from .crossval import CrossValConfig, crossval
-    from .io import read_volume
-    from .progress import drive
-
-    config = CrossValConfig(folds=args.folds, train=_train_config(args))
-    config.check()
-    image = read_volume(args.image)
-    annotation = read_volume(args.annotation)
-    check_same_geometry(image, annotation, "annotation")
-    class_names = args.class_names.split(",") if args.class_names else None
+    config = config_from_args(CrossValConfig, args, train=_train_config(args))
     stop = threading.Event()
-
-    def on_interrupt(signum, frame) -> None:  # first Ctrl-C: finish the step, keep folds
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print(
-            "\nmedseg crossval: stopping after the current step (Ctrl-C again to abort)",
-            file=sys.stderr,
-        )
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    bar, update = _bar("crossval")
     try:
-        generator = crossval(
-            np.asarray(image.array),
-            np.asarray(annotation.array),
-            config,
-            spacing=image.spacing,
-            class_names=class_names,
-            stop=stop,
-        )
-        result = drive(generator, ProgressBar("crossval"), _crossval_detail)
+        with _first_interrupt_stops(stop, "crossval"):
+            result = crossval_files(
+                args.image,
+                args.annotation,
+                config,
+                class_names=_class_names(args),
+                on_progress=update,
+                stop=stop,
+            )
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        bar.close()
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
         print(result.format_table())
     return 0 if result.complete else 130
+
+
+@contextmanager
+def _first_interrupt_stops(stop: threading.Event, command: str) -> Iterator[None]:
+    """The first Ctrl-C sets ``stop`` (the run ends after its current step and keeps what it
+    has); a second one interrupts. Only in the main thread, where signals arrive."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            f"\nmedseg {command}: stopping after the current step (Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
@@ -270,39 +189,28 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``medseg`` (exposed for documentation and tests)."""
-    parser = argparse.ArgumentParser(
-        prog="medseg",
-        description="Semi-automatic 3D segmentation from a few annotated slices "
-        "(sparse annotation: 0 = not annotated, 1 = background, k+1 = structure k).",
-    )
-    parser.add_argument("--version", action="version", version=f"napari-medseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    devices = ["auto", "cpu", "cuda", "mps"]
+ANNOTATION_HELP = "sparse annotation: 0 = not annotated, 1 = background, k+1 = structure k"
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a network on a sparse annotation")
-    p.add_argument("image")
-    p.add_argument("annotation", help="0 = not annotated, 1 = background, k+1 = structure k")
+    p.add_argument("image", help="the image to learn from (any format medseg reads)")
+    p.add_argument("annotation", help=ANNOTATION_HELP)
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
-    p.add_argument("--arch", choices=["unet3d", "unet2d", "fcn"], default="unet3d")
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="wall-clock training time (default 60 s unless --iterations is given)",
-    )
-    p.add_argument("--iterations", type=int, default=None, metavar="N")
-    p.add_argument("--device", choices=devices, default="auto")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
-    _add_model_options(p)
+    add_arguments(p, TrainConfig, help_overrides={"time_budget": _TIME_HELP})
     p.set_defaults(func=cmd_train)
 
+
+_TIME_HELP = "wall-clock training time (default: 60 s unless --iterations is given)"
+
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    from .inference import PredictConfig
+
     p = sub.add_parser("predict", help="segment an image with a trained model")
-    p.add_argument("model")
-    p.add_argument("image")
+    p.add_argument("model", help="a model file written by medseg train (.safetensors)")
+    p.add_argument("image", help="the image to segment")
     p.add_argument(
         "--out", required=True, help="segmentation to write (0 = background, k = structure k)"
     )
@@ -327,14 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
         "label in the segmentation (as in the Predict widget), and with --uncertainty the "
         "slices suggested for painting leave out what is already painted",
     )
-    p.add_argument("--device", choices=devices, default="auto")
-    p.add_argument("--mirror", action="store_true", help="test-time flips (slower, smoother)")
-    _add_precision_option(p)
+    add_arguments(p, PredictConfig, exclude=("probabilities", "uncertainty"))
     p.set_defaults(func=cmd_predict)
 
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="compare a segmentation with an expert mask")
-    p.add_argument("segmentation")
-    p.add_argument("expert_mask")
+    p.add_argument("segmentation", help="0 = background, k = structure k")
+    p.add_argument("expert_mask", help="the reference, same convention and grid")
     p.add_argument(
         "--exclude",
         default=None,
@@ -344,16 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole loop headless on bundled sample data")
     p.add_argument(
         "--case",
         default="synthetic",
-        help="synthetic, brain1, breast1, prostate_phantom or brain_tissue",
+        help="synthetic, brain1, breast1, prostate_phantom or brain_tissue (default: synthetic)",
     )
-    p.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS")
-    p.add_argument("--device", choices=devices, default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=60.0, metavar="SECONDS",
+                   help="training time (default: 60)")
+    add_arguments(p, TrainConfig, names=("device", "seed"))
     p.set_defaults(func=cmd_demo)
+
+
+def _add_crossval_parser(sub: argparse._SubParsersAction) -> None:
+    from .crossval import CrossValConfig
 
     p = sub.add_parser(
         "crossval",
@@ -363,36 +277,39 @@ def build_parser() -> argparse.ArgumentParser:
         "fold train on the others and score IoU/Dice on the held-out slices (the "
         "semi-automatic setup of Cicek et al. 2016). The time budget is per fold.",
     )
-    p.add_argument("image")
-    p.add_argument("annotation", help="0 = not annotated, 1 = background, k+1 = structure k")
-    p.add_argument("--folds", type=int, default=3, metavar="K", help="number of folds (default 3)")
-    p.add_argument("--arch", choices=["unet3d", "unet2d", "fcn"], default="unet3d")
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="training time per fold (default 60 s unless --iterations is given)",
-    )
-    p.add_argument(
-        "--iterations", type=int, default=None, metavar="N", help="training steps per fold"
-    )
-    p.add_argument("--device", choices=devices, default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of fold 0 (fold f uses seed + f)")
-    p.add_argument(
-        "--base-channels",
-        type=int,
-        default=None,
-        metavar="N",
-        help="width of the network's first level (default: 8)",
-    )
+    p.add_argument("image", help="the image to learn from")
+    p.add_argument("annotation", help=ANNOTATION_HELP)
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_model_options(p)
+    add_arguments(p, CrossValConfig, names=("folds",))
+    add_arguments(
+        p,
+        TrainConfig,
+        help_overrides={
+            "time_budget": "training time per fold (default: 60 s unless --iterations is given)",
+            "iterations": "training steps per fold",
+            "seed": "seed of fold 0 (fold f uses seed + f; default: 0)",
+        },
+    )
     p.set_defaults(func=cmd_crossval)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``medseg`` (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="medseg",
+        description="Semi-automatic 3D segmentation from a few annotated slices "
+        "(sparse annotation: 0 = not annotated, 1 = background, k+1 = structure k).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-medseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(sub)
+    _add_predict_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_demo_parser(sub)
+    _add_crossval_parser(sub)
     p = sub.add_parser("gui", help="open napari with the plugin's widgets docked")
-    p.add_argument("files", nargs="*")
+    p.add_argument("files", nargs="*", help="images or annotations to open")
     p.set_defaults(func=cmd_gui)
     return parser
 

@@ -48,6 +48,7 @@ time budget ``train.time_budget`` is *per fold*: a run takes about
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -59,10 +60,12 @@ import numpy as np
 from .annotation import BACKGROUND, validate_annotation
 from .checkpoint import TrainedModel
 from .errors import MedsegInputError
-from .inference import PredictConfig, Prediction, predict
+from .inference import PredictConfig, Prediction, TileProgress, predict
 from .metrics import dice, jaccard
+from .options import option
 from .painted_slices import AXIS_NAMES, SliceUnit, as_3d, find_units, slice_view
-from .training import TrainConfig, train
+from .progress import relay
+from .training import TrainConfig, TrainProgress, train
 
 __all__ = [
     "AXIS_NAMES",
@@ -84,29 +87,22 @@ _TRAIN_SHARE = 0.9
 
 @dataclass
 class CrossValConfig:
-    """Settings of a cross-validation run.
+    """Settings of a cross-validation run: the folds, and the training and prediction of each.
 
-    Parameters
-    ----------
-    folds : int
-        Number of folds ``k`` (at least 2; the paper used 3). At least ``k`` units (painted
-        slices with a structure) are needed.
-    train : TrainConfig
-        Training settings of every fold. ``train.time_budget`` and ``train.iterations``
-        apply to *each* fold; fold ``f`` uses the seed ``train.seed + f``.
-    predict : PredictConfig or None
-        Prediction settings; ``None`` uses ``PredictConfig(device=train.device)``.
+    ``train.time_budget`` and ``train.iterations`` apply to *each* fold; fold ``f`` uses the
+    seed ``train.seed + f``. ``predict=None`` uses ``PredictConfig(device=train.device)``.
     """
 
-    folds: int = 3
-    train: TrainConfig = field(default_factory=TrainConfig)
-    predict: PredictConfig | None = None
+    folds: int = option(
+        3, help="number of folds k (the paper used 3); needs at least k painted slices "
+        "that show a structure", min=2, max=100, metavar="K",
+    )
+    train: TrainConfig = option(default_factory=TrainConfig, help="training of every fold")
+    predict: PredictConfig | None = option(None, help="prediction of every fold")
 
-    def check(self) -> None:
-        """Raise :class:`MedsegInputError` for settings that cannot work."""
+    def __post_init__(self) -> None:
         if int(self.folds) != self.folds or self.folds < 2:
             raise MedsegInputError(f"crossval needs at least 2 folds, not {self.folds}")
-        self.train.check()
 
     def predict_config(self) -> PredictConfig:
         """The prediction settings actually used (labels only)."""
@@ -147,6 +143,14 @@ class CrossValProgress:
     fraction: float
     elapsed: float
     message: str = ""
+
+    def describe(self) -> str:
+        """One line for a progress bar: fold, phase, step or tile, seconds and any message."""
+        if self.phase == "train":
+            text = f"fold {self.fold + 1}/{self.folds} train step {self.step} loss {self.loss:.3f}"
+        else:
+            text = f"fold {self.fold + 1}/{self.folds} predict tile {self.step}"
+        return f"{text} {self.elapsed:4.0f}s {self.message}".strip()
 
 
 @dataclass
@@ -498,6 +502,25 @@ def _score_fold(
     )
 
 
+def _fold_progress(
+    fold: int, folds: int, start: float, item: TrainProgress | TileProgress
+) -> CrossValProgress:
+    """A fold's training step or predicted tile as the whole run's progress (each fold counts
+    equally; within a fold training is :data:`_TRAIN_SHARE` of it)."""
+    elapsed = time.perf_counter() - start
+    if isinstance(item, TrainProgress):
+        done = _TRAIN_SHARE * item.fraction
+        return CrossValProgress(
+            fold=fold, folds=folds, phase="train", step=item.step, loss=item.loss,
+            fraction=(fold + done) / folds, elapsed=elapsed, message=item.message,
+        )
+    done = _TRAIN_SHARE + (1 - _TRAIN_SHARE) * item.index / max(1, item.total)
+    return CrossValProgress(
+        fold=fold, folds=folds, phase="predict", step=item.index, loss=None,
+        fraction=(fold + done) / folds, elapsed=elapsed, message=item.message,
+    )
+
+
 def crossval(
     image: np.ndarray,
     annotation: np.ndarray,
@@ -542,7 +565,6 @@ def crossval(
         ``next()``, before any training).
     """
     config = config or CrossValConfig()
-    config.check()
     image = as_3d(image, "image")
     annotation = as_3d(annotation, "annotation")
     n_structures = validate_annotation(annotation, image.shape) - 1
@@ -576,46 +598,15 @@ def crossval(
         trainer = train(
             image, training, fold_config, spacing=spacing, class_names=class_names, stop=stop
         )
-        model: TrainedModel
-        while True:
-            try:
-                p = next(trainer)
-            except StopIteration as done:
-                model = done.value
-                break
-            yield CrossValProgress(
-                fold,
-                k,
-                "train",
-                p.step,
-                p.loss,
-                (fold + _TRAIN_SHARE * p.fraction) / k,
-                time.perf_counter() - start,
-                p.message,
-            )
+        report = functools.partial(_fold_progress, fold, k, start)
+        model: TrainedModel = yield from relay(trainer, report)
         train_seconds = time.perf_counter() - train_start
         if stopped():
             complete = False
             break
         predict_start = time.perf_counter()
         predictor = predict(model, image, predict_config, stop=stop)
-        prediction: Prediction
-        while True:
-            try:
-                t = next(predictor)
-            except StopIteration as done:
-                prediction = done.value
-                break
-            yield CrossValProgress(
-                fold,
-                k,
-                "predict",
-                t.index,
-                None,
-                (fold + _TRAIN_SHARE + (1 - _TRAIN_SHARE) * t.index / max(1, t.total)) / k,
-                time.perf_counter() - start,
-                t.message,
-            )
+        prediction: Prediction = yield from relay(predictor, report)
         if not prediction.complete or stopped():
             complete = False
             break

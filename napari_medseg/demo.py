@@ -100,12 +100,10 @@ def run_demo(
             data.image, data.annotation, config, spacing=data.spacing, class_names=data.class_names
         ),
         ProgressBar("train  "),
-        lambda p: (p.fraction, f"step {p.step} loss {p.loss:.3f} {p.elapsed:3.0f}s"),
     )
     prediction = drive(
         predict(model, data.image, PredictConfig(device=device)),
         ProgressBar("predict"),
-        lambda t: (t.index / t.total, f"tile {t.index}/{t.total}"),
     )
     scored = data.annotation == 0
     labels = sorted(int(v) for v in np.unique(data.expert_mask) if v != 0)

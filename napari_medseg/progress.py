@@ -1,13 +1,46 @@
-"""Driving progress generators: run them to the end, or show a text progress bar."""
+"""Driving progress generators: run them to the end, relay them, or show a text progress bar.
+
+Every progress item the core yields (:class:`~napari_medseg.training.TrainProgress`,
+:class:`~napari_medseg.inference.TileProgress`, :class:`~napari_medseg.crossval.CrossValProgress`)
+has a ``fraction`` (0..1) and a ``describe()`` that gives its one line of text: front ends
+print that and never format progress themselves.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable, Generator
-from typing import Any, TextIO, TypeVar
+from typing import Any, Protocol, TextIO, TypeVar
 
 R = TypeVar("R")
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class Progress(Protocol):
+    """What every progress item offers a front end."""
+
+    @property
+    def fraction(self) -> float: ...
+
+    def describe(self) -> str: ...
+
+
+def relay(generator: Generator[T, None, R], wrap: Callable[[T], U]) -> Generator[U, None, R]:
+    """Forward another generator's items, each turned by ``wrap``, and return its value.
+
+    Closing the relay closes the inner generator too (a stopped run releases what it holds).
+    """
+    try:
+        while True:
+            try:
+                item = next(generator)
+            except StopIteration as done:
+                return done.value
+            yield wrap(item)
+    finally:
+        generator.close()
 
 
 def run_to_completion(
@@ -64,12 +97,14 @@ class ProgressBar:
             self.stream.flush()
 
 
-def drive(generator: Generator[Any, None, R], bar: ProgressBar, describe) -> R:
-    """Run a progress generator to the end, showing each item on ``bar``.
+def show(bar: ProgressBar) -> Callable[[Progress], None]:
+    """A callback that shows each progress item on ``bar``."""
+    return lambda item: bar.update(item.fraction, item.describe())
 
-    ``describe(item) -> (fraction, detail)`` turns what the generator yields into bar text.
-    """
+
+def drive(generator: Generator[Any, None, R], bar: ProgressBar) -> R:
+    """Run a progress generator to the end, showing each item on ``bar``."""
     try:
-        return run_to_completion(generator, lambda item: bar.update(*describe(item)))
+        return run_to_completion(generator, show(bar))
     finally:
         bar.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _pickle
 import errno
 import io
 import json
@@ -16,7 +17,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import napari_medseg.checkpoint as checkpoint
 from napari_medseg._atomic import TEMP_PREFIX
 from napari_medseg.checkpoint import (
     METADATA_KEY,
@@ -134,10 +134,14 @@ def no_unpickling(monkeypatch):
         return refuse
 
     monkeypatch.setattr(torch, "load", spy("torch.load"))
-    monkeypatch.setattr(torch.serialization, "load", spy("torch.serialization.load"))
-    monkeypatch.setattr(pickle, "load", spy("pickle.load"))
-    monkeypatch.setattr(pickle, "loads", spy("pickle.loads"))
-    monkeypatch.setattr(pickle, "Unpickler", spy("pickle.Unpickler"))
+    for name in ("load", "_load", "_legacy_load"):
+        if hasattr(torch.serialization, name):
+            monkeypatch.setattr(torch.serialization, name, spy(f"torch.serialization.{name}"))
+    for name in ("load", "loads", "Unpickler", "_load", "_loads", "_Unpickler"):
+        if hasattr(pickle, name):
+            monkeypatch.setattr(pickle, name, spy(f"pickle.{name}"))
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(_pickle, name, spy(f"_pickle.{name}"))
     monkeypatch.setattr(np, "load", spy("np.load"))
     return calls
 
@@ -385,11 +389,45 @@ def test_save_into_a_missing_folder_is_a_clear_error(model, tmp_path):
         save_model(tmp_path / "no" / "such" / "model.safetensors", model)
 
 
-def test_checkpoint_never_imports_pickle_loading():
-    """Code review as a test: the loader has no path to torch.load or pickle."""
-    source = Path(checkpoint.__file__).read_text()
-    assert "torch.load" not in source and "import pickle" not in source
-    assert "weights_only" not in source
+def test_a_model_saves_loads_and_predicts_identically_with_unpickling_forbidden(
+    model, tmp_path, no_unpickling
+):
+    """Every pickle loader raises: saving and loading still work, so neither needs one."""
+    path = save_model(tmp_path / "model.safetensors", model)
+    loaded = load_model(path)
+    for (name, a), b in zip(
+        model.network.state_dict().items(), loaded.network.state_dict().values()
+    ):
+        assert torch.equal(a, b), name
+    image, _ = tiny_case()
+    config = PredictConfig(device="cpu", probabilities=True, mixed_precision=False)
+    expected = predict_volume(model, image, config)
+    got = predict_volume(loaded, image, config)
+    assert np.array_equal(got.labels, expected.labels)
+    assert np.array_equal(got.probabilities, expected.probabilities)
+    assert no_unpickling == []
+
+
+def test_a_torch_saved_state_dict_named_safetensors_is_refused_unopened(
+    model, tmp_path, monkeypatch, no_unpickling
+):
+    """``torch.save`` bytes behind a ``.safetensors`` name: refused, and nothing unpickled."""
+    marker = tmp_path / "unpickled"
+    state = dict(model.network.state_dict())
+    state["payload"] = Exploit(marker)
+    path = tmp_path / "model.safetensors"
+    torch.save(state, path)
+    with pytest.raises(UnsafeFileError, match="pickle"):
+        load_model(path)
+    with pytest.raises(UnsafeFileError, match="pickle"):
+        read_model_config(path)
+    assert not marker.exists()
+    assert no_unpickling == []
+    # The same bytes, unpickled on purpose, do run the payload (torch.load dispatches on the
+    # name, so under a .pt name).
+    monkeypatch.undo()
+    torch.load(path.rename(path.with_suffix(".pt")), weights_only=False)
+    assert marker.exists()
 
 
 def test_model_trained_without_class_names_calls_class_0_background(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -311,7 +310,6 @@ def test_unet3d_overfits_a_bright_cube() -> None:
     x = x + 2.0 * y[:, None].float()
     net = build_network(NetworkConfig(arch="unet3d", base_channels=4))
     opt = torch.optim.Adam(net.parameters(), lr=3e-2)
-    start = time.perf_counter()
     losses = []
     for _ in range(60):
         opt.zero_grad()
@@ -324,4 +322,3 @@ def test_unet3d_overfits_a_bright_cube() -> None:
     with torch.no_grad():
         pred = net(x).argmax(1)
     assert float((pred == y).float().mean()) > 0.95
-    assert time.perf_counter() - start < 30  # ~3 s on one core; generous for busy CI

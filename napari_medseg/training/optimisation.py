@@ -1,0 +1,102 @@
+"""One network, its optimiser and its mixed-precision state on one device."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..device import autocast_dtype, memory_format_for
+from ..losses import masked_cross_entropy, masked_soft_dice
+from ..models import NetworkConfig, build_network
+from ..models.calibration import batch_norm_layers, recalibrate_batch_norm
+from .config import TrainConfig
+
+
+class Optimisation:
+    """The network, its optimiser and mixed-precision state on one device."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        net_config: NetworkConfig,
+        device: torch.device,
+        class_weights: torch.Tensor,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.network = build_network(net_config).to(device)
+        self.memory_format = memory_format_for(self.network)
+        self.network.to(memory_format=self.memory_format)
+        self.network.train()
+        self.weights = class_weights.to(device)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.learning_rate, weight_decay=1e-4
+        )
+        self.amp_dtype = autocast_dtype(device, config.mixed_precision, training=True)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.pin = device.type == "cuda"
+        self.last_good = copy.deepcopy(self.network.state_dict())
+
+    def _to_device(self, array: np.ndarray, dtype: np.dtype) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        if self.pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=self.pin)
+
+    def _input(self, images: np.ndarray) -> torch.Tensor:
+        return self._to_device(images, np.float32).contiguous(memory_format=self.memory_format)
+
+    def step(self, images: np.ndarray, targets: np.ndarray, lr: float) -> float:
+        """One optimisation step; returns the loss (not applied when it is not finite)."""
+        x = self._input(images)
+        y = self._to_device(targets, np.int64)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        amp = self.amp_dtype
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = self.network(x)
+        loss = masked_cross_entropy(logits, y, self.weights)
+        if self.config.dice_weight > 0:
+            loss = loss + self.config.dice_weight * masked_soft_dice(logits, y)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return value
+
+    def freeze_batch_norm(self) -> None:
+        """From now on batch norm uses (and keeps) its running statistics, as in prediction."""
+        for layer in batch_norm_layers(self.network):
+            layer.eval()
+
+    def remember_good(self) -> None:
+        """Keep a copy of the current weights to fall back on."""
+        self.last_good = copy.deepcopy(self.network.state_dict())
+
+    def restore_last_good(self) -> None:
+        """Return to the last weights remembered as good."""
+        self.network.load_state_dict(self.last_good)
+
+    def calibrate(self, normalized: np.ndarray, patch_shape: Sequence[int]) -> int:
+        """Batch-norm statistics from tiles of ``normalized`` (returns the tile count)."""
+        return recalibrate_batch_norm(
+            self.network,
+            normalized,
+            patch_shape,
+            device=self.device,
+            memory_format=self.memory_format,
+            amp_dtype=self.amp_dtype,
+        )
+
+    def release(self) -> None:
+        """Eval mode, back to the CPU, device memory freed."""
+        self.network.eval()
+        self.network.to("cpu", memory_format=torch.contiguous_format)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
