@@ -109,12 +109,13 @@ def _case(name: str):
 
 def _run(variant: dict) -> dict:
     import napari_medseg.training as training
+    import napari_medseg.training.plan as plan
 
     settings = dict(variant)
     if "norm" in settings:
         _patch_norm(str(settings.pop("norm")))
     if "aug" in settings:
-        training.AugmentConfig = functools.partial(training.AugmentConfig, **settings.pop("aug"))
+        plan.AugmentConfig = functools.partial(plan.AugmentConfig, **settings.pop("aug"))
     budget = float(settings.pop("budget", 120.0))
     case = _case(settings.pop("case", "brain_tissue"))
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}

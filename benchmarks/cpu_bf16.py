@@ -35,7 +35,7 @@ from napari_medseg.losses import masked_cross_entropy, masked_soft_dice
 from napari_medseg.metrics import evaluate
 from napari_medseg.models import build_network
 from napari_medseg.progress import run_to_completion
-from napari_medseg.training import TrainConfig, _network_config, _patch_for, train
+from napari_medseg.training import TrainConfig, network_config_for, patch_shape_for, train
 
 #: name -> (image shape, spacing), array order (z, y, x).
 SCANS = {
@@ -47,9 +47,9 @@ SCANS = {
 def _timings(arch: str, shape, spacing, amp: torch.dtype | None, repeats: int):
     """(patch, tile, training step ms, prediction tile ms) of ``arch`` in ``amp``."""
     config = TrainConfig(arch=arch)
-    patch = _patch_for(config, shape, spacing)
+    patch = patch_shape_for(config, shape, spacing)
     torch.manual_seed(0)
-    network = build_network(_network_config(config, 4, spacing, patch))
+    network = build_network(network_config_for(config, 4, spacing, patch))
     layout = memory_format_for(network)
     network = network.to(memory_format=layout).train()
     optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
@@ -98,16 +98,16 @@ def speed(repeats: int) -> None:
 @contextlib.contextmanager
 def _cpu_training_in_bf16():
     """Let training use the prediction's autocast dtype, as an earlier version did."""
-    import napari_medseg.training as training
+    import napari_medseg.training.optimisation as optimisation
 
-    real = training.autocast_dtype
-    training.autocast_dtype = lambda device, mixed_precision=True, training=False: real(
+    real = optimisation.autocast_dtype
+    optimisation.autocast_dtype = lambda device, mixed_precision=True, training=False: real(
         device, mixed_precision
     )
     try:
         yield
     finally:
-        training.autocast_dtype = real
+        optimisation.autocast_dtype = real
 
 
 def _train(case, budget: float, seed: int, bf16: bool):

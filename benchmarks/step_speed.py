@@ -22,7 +22,7 @@ from napari_medseg.augmentation import AugmentConfig, augment
 from napari_medseg.device import autocast_dtype, resolve_device
 from napari_medseg.models import build_network
 from napari_medseg.models.planning import plan_patch_shape
-from napari_medseg.training import PATCH_VOXELS, TrainConfig, _network_config
+from napari_medseg.training import PATCH_VOXELS, TrainConfig, network_config_for
 
 #: name -> (image shape, spacing), array order (z, y, x).
 SCANS = {
@@ -65,7 +65,7 @@ def main() -> int:
     for name, (shape, spacing) in SCANS.items():
         patch = plan_patch_shape(shape, spacing, PATCH_VOXELS)
         # the network training builds for this patch (widths, pooling, kernels)
-        net_config = _network_config(TrainConfig(), 2, spacing, patch)
+        net_config = network_config_for(TrainConfig(), 2, spacing, patch)
         image = rng.standard_normal((1, *patch)).astype(np.float32)
         target = rng.integers(-1, 2, patch)
         augment_ms = _median_ms(

@@ -37,11 +37,6 @@ def annotation_to_target(annotation: np.ndarray) -> np.ndarray:
     return np.asarray(annotation).astype(np.int64) - 1
 
 
-def segmentation_to_annotation(segmentation: np.ndarray) -> np.ndarray:
-    """Turn a complete label map (``0`` background) into a fully annotated sparse annotation."""
-    return (np.asarray(segmentation).astype(np.int64) + 1).astype(np.uint8)
-
-
 def check_painted(annotation: np.ndarray, n_classes: int | None = None) -> None:
     """Refuse an annotation whose painted labels cannot be put into a segmentation.
 
@@ -115,12 +110,6 @@ def keep_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
         raise MedsegInputError(f"painted structure {top} does not fit the segmentation's labels")
     labels[painted] = annotation[painted] - 1
     return int(np.count_nonzero(painted))
-
-
-def num_classes_in(annotation: np.ndarray) -> int:
-    """Number of classes (background included) that the annotation uses."""
-    top = int(np.max(annotation)) if np.size(annotation) else 0
-    return max(top, 2)
 
 
 def validate_annotation(
@@ -227,6 +216,61 @@ def mark_outside_box_background(annotation: np.ndarray, box: Sequence[tuple[int,
     change = outside & (annotation == UNKNOWN)
     annotation[change] = BACKGROUND
     return int(change.sum())
+
+
+def rectangle_axis(points: np.ndarray) -> int | None:
+    """The axis a drawn rectangle lies across, or None when that is not clear.
+
+    ``points`` are the rectangle's vertices in the annotation's data coordinates, one row
+    per vertex: the rectangle lies across the one axis along which they spread by less
+    than half a voxel. None when no axis, or more than one, is that flat.
+    """
+    points = np.asarray(points, dtype=float)
+    flat = [a for a in range(points.shape[1]) if np.ptp(points[:, a]) < 0.5]
+    return flat[0] if len(flat) == 1 else None
+
+
+def box_from_rectangle(
+    points: np.ndarray,
+    shape: Sequence[int],
+    across: int,
+    slice_range: tuple[int, int],
+) -> list[tuple[int, int]]:
+    """The region-of-interest box (half-open voxel ranges per axis) of a drawn rectangle.
+
+    In-plane, the box holds the voxels whose centre lies inside the rectangle (vertices
+    within 1e-6 of a voxel centre count as on it); across the rectangle, it holds the
+    slices of ``slice_range`` (inclusive, either order). The box is clipped to ``shape``.
+
+    Parameters
+    ----------
+    points : np.ndarray
+        The rectangle's vertices in data coordinates, one row per vertex.
+    shape : sequence of int
+        Shape of the annotation.
+    across : int
+        The axis the rectangle was drawn across (see :func:`rectangle_axis`).
+    slice_range : (int, int)
+        First and last slice along ``across``.
+
+    Raises
+    ------
+    MedsegInputError
+        When the box does not overlap the annotation.
+    """
+    points = np.asarray(points, dtype=float)
+    box: list[tuple[int, int]] = []
+    for axis in range(len(shape)):
+        if axis == across:
+            low, high = sorted(slice_range)
+            box.append((max(0, low), min(shape[axis], high + 1)))
+        else:
+            low = int(np.ceil(points[:, axis].min() - 1e-6))
+            high = int(np.floor(points[:, axis].max() + 1e-6)) + 1
+            box.append((max(0, low), min(shape[axis], high)))
+    if any(b <= a for a, b in box):
+        raise MedsegInputError("the box does not overlap the annotation")
+    return box
 
 
 def slices_to_paint(

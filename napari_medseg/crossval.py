@@ -52,16 +52,17 @@ import functools
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
 
 import numpy as np
 
 from .annotation import BACKGROUND, validate_annotation
-from .checkpoint import TrainedModel
+from .crossval_results import CrossValResult, FoldResult
 from .errors import MedsegInputError
 from .inference import PredictConfig, Prediction, TileProgress, predict
 from .metrics import dice, jaccard
+from .model import TrainedModel
 from .options import option
 from .painted_slices import AXIS_NAMES, SliceUnit, as_3d, find_units, slice_view
 from .progress import relay
@@ -151,206 +152,6 @@ class CrossValProgress:
         else:
             text = f"fold {self.fold + 1}/{self.folds} predict tile {self.step}"
         return f"{text} {self.elapsed:4.0f}s {self.message}".strip()
-
-
-@dataclass
-class FoldResult:
-    """Scores of one fold on its held-out voxels.
-
-    Attributes
-    ----------
-    fold : int
-        Fold index, from 0.
-    held_out : list of SliceUnit
-        The slices held out (scored) in this fold.
-    n_scored : int
-        Number of held-out (scored) voxels.
-    iou, dice : dict of int to float
-        Per structure ``k >= 1``.
-    n_reference, n_predicted : dict of int to int
-        Voxels of structure ``k`` in the reference / prediction, among the scored voxels.
-    background_iou, background_dice : float
-        Scores of the background class (not part of the means).
-    train_steps : int
-        Optimisation steps the fold's training made.
-    train_seconds, predict_seconds : float
-        Wall-clock time of the fold's training and prediction.
-    """
-
-    fold: int
-    held_out: list[SliceUnit]
-    n_scored: int
-    iou: dict[int, float]
-    dice: dict[int, float]
-    n_reference: dict[int, int]
-    n_predicted: dict[int, int]
-    background_iou: float
-    background_dice: float
-    train_steps: int = 0
-    train_seconds: float = 0.0
-    predict_seconds: float = 0.0
-
-    @property
-    def mean_iou(self) -> float:
-        """Unweighted mean IoU over the structures."""
-        return float(np.mean(list(self.iou.values()))) if self.iou else 1.0
-
-    @property
-    def mean_dice(self) -> float:
-        """Unweighted mean Dice over the structures."""
-        return float(np.mean(list(self.dice.values()))) if self.dice else 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable dictionary."""
-        return {
-            "fold": self.fold,
-            "held_out": [u.label() for u in self.held_out],
-            "n_scored": int(self.n_scored),
-            "classes": {
-                str(k): {
-                    "iou": float(self.iou[k]),
-                    "dice": float(self.dice[k]),
-                    "n_reference": int(self.n_reference[k]),
-                    "n_predicted": int(self.n_predicted[k]),
-                }
-                for k in sorted(self.iou)
-            },
-            "background": {"iou": float(self.background_iou), "dice": float(self.background_dice)},
-            "mean": {"iou": self.mean_iou, "dice": self.mean_dice},
-            "train_steps": int(self.train_steps),
-            "train_seconds": round(float(self.train_seconds), 3),
-            "predict_seconds": round(float(self.predict_seconds), 3),
-        }
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and population standard deviation; ``(None, None)`` for no value."""
-    if not values:
-        return None, None
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std())
-
-
-@dataclass
-class CrossValResult:
-    """The result of :func:`crossval`.
-
-    Attributes
-    ----------
-    folds : list of FoldResult
-        The folds that finished, in order.
-    n_folds : int
-        Number of folds planned.
-    structures : list of int
-        Structure labels scored (``1..K``).
-    class_names : dict of int to str
-        Display name per structure.
-    units : list of SliceUnit
-        Every unit found in the annotation.
-    complete : bool
-        ``False`` when the run was stopped before every fold finished.
-    config : dict
-        The settings (:class:`CrossValConfig` as a dictionary).
-    seconds : float
-        Wall-clock duration of the run.
-    """
-
-    folds: list[FoldResult]
-    n_folds: int
-    structures: list[int]
-    class_names: dict[int, str]
-    units: list[SliceUnit]
-    complete: bool
-    config: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def name(self, k: int) -> str:
-        """Display name of structure ``k``."""
-        return self.class_names.get(k, f"structure {k}")
-
-    def iou_mean_std(self, k: int | None = None) -> tuple[float | None, float | None]:
-        """Mean and std over the folds of structure ``k``'s IoU (``None``: the fold means)."""
-        return _mean_std([f.mean_iou if k is None else f.iou[k] for f in self.folds])
-
-    def dice_mean_std(self, k: int | None = None) -> tuple[float | None, float | None]:
-        """Mean and std over the folds of structure ``k``'s Dice (``None``: the fold means)."""
-        return _mean_std([f.mean_dice if k is None else f.dice[k] for f in self.folds])
-
-    @property
-    def mean_iou(self) -> float | None:
-        """Mean over the folds of the per-fold mean IoU (``None`` when no fold finished)."""
-        return self.iou_mean_std()[0]
-
-    @property
-    def mean_dice(self) -> float | None:
-        """Mean over the folds of the per-fold mean Dice (``None`` when no fold finished)."""
-        return self.dice_mean_std()[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain, JSON-serialisable dictionary.
-
-        Keys: ``complete``, ``n_folds``, ``folds_done``, ``units``, ``class_names``,
-        ``folds`` (one :meth:`FoldResult.to_dict` each), ``summary`` (per structure and
-        ``mean``: IoU and Dice mean and std over the folds), ``config``, ``seconds``.
-        """
-        summary: dict[str, dict[str, float | None]] = {}
-        for key, k in [*((str(k), k) for k in self.structures), ("mean", None)]:
-            iou_m, iou_s = self.iou_mean_std(k)
-            dice_m, dice_s = self.dice_mean_std(k)
-            summary[key] = {"iou": iou_m, "iou_std": iou_s, "dice": dice_m, "dice_std": dice_s}
-        return {
-            "complete": self.complete,
-            "n_folds": self.n_folds,
-            "folds_done": len(self.folds),
-            "units": [u.label() for u in self.units],
-            "class_names": {str(k): self.name(k) for k in self.structures},
-            "folds": [f.to_dict() for f in self.folds],
-            "summary": summary,
-            "config": self.config,
-            "seconds": round(float(self.seconds), 3),
-        }
-
-    def format_table(self) -> str:
-        """A plain-text table: IoU per fold and structure, mean ± std of IoU and Dice."""
-        lines = [
-            f"cross-validation, {self.n_folds} folds over {len(self.units)} annotated slices"
-            + ("" if self.complete else f" (stopped: {len(self.folds)} fold(s) done)")
-        ]
-        for f in self.folds:
-            held = ", ".join(u.label() for u in f.held_out)
-            lines.append(f"  fold {f.fold + 1}: held out {held} ({f.n_scored} voxels)")
-        if not self.folds:
-            lines.append("no fold finished")
-            return "\n".join(lines)
-        header = ["structure", *(f"IoU f{f.fold + 1}" for f in self.folds), "IoU", "Dice"]
-        rows = []
-
-        def pm(pair: tuple[float | None, float | None]) -> str:
-            mean, std = pair
-            return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
-
-        for k in self.structures:
-            rows.append(
-                [
-                    self.name(k),
-                    *(f"{f.iou[k]:.3f}" for f in self.folds),
-                    pm(self.iou_mean_std(k)),
-                    pm(self.dice_mean_std(k)),
-                ]
-            )
-        rows.append(
-            [
-                "mean",
-                *(f"{f.mean_iou:.3f}" for f in self.folds),
-                pm(self.iou_mean_std()),
-                pm(self.dice_mean_std()),
-            ]
-        )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-        lines += ["", fmt.format(*header), "  ".join("-" * w for w in widths)]
-        lines += [fmt.format(*row) for row in rows]
-        return "\n".join(line.rstrip() for line in lines)
 
 
 def assign_folds(units: Sequence[SliceUnit], folds: int) -> list[list[SliceUnit]]:
@@ -521,6 +322,61 @@ def _fold_progress(
     )
 
 
+@dataclass(frozen=True)
+class _Case:
+    """What every fold of a run shares."""
+
+    image: np.ndarray
+    annotation: np.ndarray
+    units: list[SliceUnit]
+    n_structures: int
+    spacing: Sequence[float] | None
+    class_names: Sequence[str] | None
+
+
+def _is_set(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def _run_fold(
+    case: _Case,
+    config: CrossValConfig,
+    fold: int,
+    held: list[SliceUnit],
+    stop: threading.Event | None,
+    start: float,
+) -> Generator[CrossValProgress, None, FoldResult | None]:
+    """Train on the other folds, predict, score the held-out voxels (``None``: stopped)."""
+    mask = held_out_mask(case.annotation, held, case.units)
+    fold_config = replace(config.train, seed=config.train.seed + fold)
+    report = functools.partial(_fold_progress, fold, config.folds, start)
+    train_start = time.perf_counter()
+    trainer = train(
+        case.image,
+        fold_annotation(case.annotation, mask),
+        fold_config,
+        spacing=case.spacing,
+        class_names=case.class_names,
+        stop=stop,
+    )
+    model: TrainedModel = yield from relay(trainer, report)
+    train_seconds = time.perf_counter() - train_start
+    if _is_set(stop):
+        return None
+    predict_start = time.perf_counter()
+    predictor = predict(model, case.image, config.predict_config(), stop=stop)
+    prediction: Prediction = yield from relay(predictor, report)
+    if not prediction.complete or _is_set(stop):
+        return None
+    result = _score_fold(
+        fold, held, mask, case.annotation, prediction.labels, case.n_structures
+    )
+    result.train_steps = int(model.config.history.get("steps", 0))
+    result.train_seconds = train_seconds
+    result.predict_seconds = time.perf_counter() - predict_start
+    return result
+
+
 def crossval(
     image: np.ndarray,
     annotation: np.ndarray,
@@ -573,47 +429,21 @@ def crossval(
     for fold, held in enumerate(plan):  # refuse before any training, not in fold 3
         _check_fold(annotation, held_out_mask(annotation, held, units), fold)
     names = _structure_names(class_names, n_structures)
-    predict_config = config.predict_config()
     settings = {
         "folds": config.folds,
         "train": asdict(config.train),
-        "predict": asdict(predict_config),
+        "predict": asdict(config.predict_config()),
     }
     k = config.folds
     start = time.perf_counter()
+    case = _Case(image, annotation, units, n_structures, spacing, class_names)
     results: list[FoldResult] = []
-    complete = True
-
-    def stopped() -> bool:
-        return stop is not None and stop.is_set()
-
     for fold, held in enumerate(plan):
-        if stopped():
-            complete = False
+        if _is_set(stop):
             break
-        mask = held_out_mask(annotation, held, units)
-        training = fold_annotation(annotation, mask)
-        fold_config = replace(config.train, seed=config.train.seed + fold)
-        train_start = time.perf_counter()
-        trainer = train(
-            image, training, fold_config, spacing=spacing, class_names=class_names, stop=stop
-        )
-        report = functools.partial(_fold_progress, fold, k, start)
-        model: TrainedModel = yield from relay(trainer, report)
-        train_seconds = time.perf_counter() - train_start
-        if stopped():
-            complete = False
+        result = yield from _run_fold(case, config, fold, held, stop, start)
+        if result is None:
             break
-        predict_start = time.perf_counter()
-        predictor = predict(model, image, predict_config, stop=stop)
-        prediction: Prediction = yield from relay(predictor, report)
-        if not prediction.complete or stopped():
-            complete = False
-            break
-        result = _score_fold(fold, held, mask, annotation, prediction.labels, n_structures)
-        result.train_steps = int(model.config.history.get("steps", 0))
-        result.train_seconds = train_seconds
-        result.predict_seconds = time.perf_counter() - predict_start
         results.append(result)
 
     seconds = time.perf_counter() - start
@@ -623,7 +453,7 @@ def crossval(
         structures=list(range(1, n_structures + 1)),
         class_names=names,
         units=units,
-        complete=complete and len(results) == k,
+        complete=len(results) == k,
         config=settings,
         seconds=seconds,
     )

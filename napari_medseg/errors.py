@@ -19,6 +19,3 @@ class MedsegInputError(MedsegError, ValueError):
 class UnsafeFileError(MedsegInputError):
     """A file would need unsafe work (unpickling, huge allocation) to be read."""
 
-
-class TrainingDivergedError(MedsegError):
-    """The loss became NaN or infinite; the last good weights were kept."""

@@ -23,7 +23,7 @@ import tifffile
 import napari_medseg.io as mio
 from napari_medseg._atomic import STALE_TEMP_SECONDS, TEMP_PREFIX, atomic_write, atomic_write_via
 from napari_medseg.errors import MedsegError, MedsegInputError, UnsafeFileError
-from napari_medseg.io import read_volume, write_volume
+from napari_medseg.io import _checks, _itk, _nifti, _npy, read_volume, write_volume
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,8 +187,8 @@ def test_real_run_of_zeros_bomb_refused_with_lowered_thresholds(tmp_path, monkey
     assert ratio > 900
     with pytest.raises(UnsafeFileError, match="more than the limit"):
         read_volume(path, max_voxels=1_000_000)
-    monkeypatch.setattr(mio, "GZIP_BOMB_MIN_BYTES", 8 << 20)
-    monkeypatch.setattr(mio, "GZIP_BOMB_RATIO", 500.0)
+    monkeypatch.setattr(_checks, "GZIP_BOMB_MIN_BYTES", 8 << 20)
+    monkeypatch.setattr(_checks, "GZIP_BOMB_RATIO", 500.0)
     with pytest.raises(UnsafeFileError, match="decompression bomb"):
         read_volume(path)
 
@@ -213,10 +213,10 @@ def test_highly_compressible_label_map_is_still_read(tmp_path):
 def test_large_payload_checked_by_gzip_trailer_without_full_decompression(tmp_path, monkeypatch):
     array = np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32)
     path = write_volume(tmp_path / "scan.nii.gz", array)
-    monkeypatch.setattr(mio, "VERIFY_MAX_BYTES", 0)  # behave as for a file of several GB
+    monkeypatch.setattr(_checks, "VERIFY_MAX_BYTES", 0)  # behave as for a file of several GB
     calls = []
-    original = mio._decompressed_size
-    monkeypatch.setattr(mio, "_decompressed_size", lambda *a: calls.append(a) or original(*a))
+    original = _checks._decompressed_size
+    monkeypatch.setattr(_checks, "_decompressed_size", lambda *a: calls.append(a) or original(*a))
     np.testing.assert_array_equal(read_volume(path).array, array)
     assert calls == []  # the trailer (ISIZE) matched: no second decompression
     data = path.read_bytes()
@@ -350,12 +350,12 @@ def test_nifti_non_finite_voxels_restored_with_rescaling_and_either_byte_order(t
 def test_nifti_non_finite_voxels_that_cannot_be_placed_are_reported(tmp_path):
     path = write_volume(tmp_path / "nan.nii.gz", non_finite_image())
     with pytest.warns(UserWarning, match="4 non-finite voxels .* were read as 0"):
-        mio._restore_nifti_non_finite(path, np.zeros(7, np.float32))  # not the file's layout
+        _nifti.restore_non_finite(path, np.zeros(7, np.float32))  # not the file's layout
 
 
 def test_nifti_scan_for_non_finite_voxels_is_skipped_without_zeros(tmp_path, monkeypatch):
     path = write_volume(tmp_path / "pos.nii.gz", np.full((3, 4, 5), 2.5, np.float32))
-    monkeypatch.setattr(mio, "_payload_bytes", lambda *a: pytest.fail("payload re-read"))
+    monkeypatch.setattr(_nifti, "_payload_bytes", lambda *a: pytest.fail("payload re-read"))
     assert read_volume(path).array.min() == 2.5
 
 
@@ -464,7 +464,7 @@ def test_simpleitk_failure_mid_write_keeps_previous_volume(tmp_path, monkeypatch
         Path(name).write_bytes(b"NRRD0004\npartial")
         raise RuntimeError("ITK ERROR: NrrdImageIO(0x1): could not write")
 
-    monkeypatch.setattr(mio.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(_itk.sitk, "WriteImage", failing_write)
     with pytest.raises(MedsegError, match="could not save .*seg.nrrd: could not write"):
         write_volume(target, np.zeros((2, 3, 4), np.uint8))
     monkeypatch.undo()
@@ -485,7 +485,7 @@ def test_disk_full_gives_clear_error_and_keeps_previous(tmp_path, monkeypatch, f
         Path(name).write_bytes(b"\x1f\x8b partial")
         raise failure
 
-    monkeypatch.setattr(mio.sitk, "WriteImage", full_disk)
+    monkeypatch.setattr(_itk.sitk, "WriteImage", full_disk)
     with pytest.raises(MedsegError, match="could not save .*seg.nii.gz: disk full"):
         write_volume(target, np.zeros((2, 3, 4), np.uint8))
     monkeypatch.undo()
@@ -498,7 +498,7 @@ def test_disk_full_in_atomic_write(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(mio.np, "save", full_disk)
+    monkeypatch.setattr(_npy.np, "save", full_disk)
     with pytest.raises(MedsegError, match="disk full"):
         write_volume(target, np.zeros((2, 3, 4), np.uint8))
     monkeypatch.undo()

@@ -70,7 +70,7 @@ def test_which_planes_each_network_reads(case):
     assert choose_planes(TrainConfig(planes="three"), SHAPE) == (0,)  # the 3D U-Net
     assert choose_planes(three, (1, 16, 20)) == (0,)  # a 2D image has one plane
     with pytest.raises(MedsegInputError, match="planes must be one or three"):
-        TrainConfig(planes="auto").check()
+        TrainConfig(planes="auto")
 
 
 def test_batches_come_from_every_planes_view_with_its_spacing(case):

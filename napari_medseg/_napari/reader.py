@@ -29,9 +29,9 @@ from ..io import (
     dicom_series_uid,
     extension_of,
     is_supported,
-    looks_like_labels,
     read_volume,
 )
+from ..labels import looks_like_labels
 from ..volume import Volume
 
 __all__ = ["get_reader", "read_layers", "layer_data_from_volume", "geometry_kwargs", "layer_name"]

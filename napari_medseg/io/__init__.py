@@ -1,0 +1,252 @@
+"""Reading and writing medical volumes, safely.
+
+Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
+``.mhd``), DICOM series (a folder, or one ``.dcm`` file standing for its series), TIFF
+(``.tif``, ``.tiff``) and NumPy (``.npy``). Medical formats go through SimpleITK.
+
+Every volume comes back as a :class:`~napari_medseg.volume.Volume` in array order
+``(z, y, x)``: SimpleITK's ``(x, y, z)`` spacing and origin are reversed and its direction
+matrix is reversed on both axes, so column ``j`` is the world direction of array axis ``j``
+and the world position (mm) of voxel index ``i`` is ``origin + direction @ (spacing * i)``.
+
+Files are untrusted input. Headers are read first and a file is refused
+(:class:`~napari_medseg.errors.UnsafeFileError`) when it declares more voxels than
+``max_voxels`` or an absurd compression ratio (a decompression bomb), before any pixel
+buffer is allocated. Compressed payloads are checked by a bounded streaming decompression
+(constant memory), so a truncated ``.nii.gz`` -- which SimpleITK would silently fill with
+zeros -- is reported. ``.npy`` files are never unpickled. This package never imports Qt or
+napari.
+
+Two SimpleITK (ITK 5) NIfTI reader defects are worked around: NaN and infinite float
+voxels, which it reads as 0, are restored from the file's payload; and ``name.nii.gz`` is
+read from itself even when a ``name.nii`` lies next to it (ITK would take the voxels from
+that other file).
+
+This module only dispatches on the format (:func:`read_volume`, :func:`write_volume`); the
+work is done per format by ``_itk`` (NIfTI, NRRD, MetaImage through SimpleITK, with
+``_nifti`` for NIfTI specifics), :mod:`.dicom`, :mod:`.tiff` and ``_npy``. The checks on
+untrusted files are in ``_checks``; the label-map heuristics in :mod:`napari_medseg.labels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import MedsegInputError
+from ..labels import as_label_type, looks_like_labels
+from ..volume import Volume
+from ._checks import DEFAULT_MAX_VOXELS, check_image
+from ._formats import FORMATS, SUPPORTED_EXTENSIONS, extension_of
+from ._geometry import GeometryWarning, geometry_for
+from ._itk import read_itk_file, write_itk
+from ._npy import read_npy, write_npy
+from .dicom import (
+    DicomSeriesInfo,
+    dicom_series_uid,
+    folder_has_dicom,
+    list_dicom_series,
+    read_dicom,
+)
+from .tiff import read_tiff, write_tiff
+
+__all__ = [
+    "DEFAULT_MAX_VOXELS",
+    "SUPPORTED_EXTENSIONS",
+    "DicomSeriesInfo",
+    "GeometryWarning",
+    "check_image",
+    "dicom_series_uid",
+    "extension_of",
+    "is_supported",
+    "list_dicom_series",
+    "looks_like_labels",
+    "read_volume",
+    "write_volume",
+]
+
+#: Writer of each format :func:`write_volume` can write (DICOM is read only).
+_WRITERS: dict[str, Callable[[Path, Volume], None]] = {
+    "nifti": write_itk,
+    "nrrd": write_itk,
+    "metaimage": write_itk,
+    "tiff": write_tiff,
+    "npy": write_npy,
+}
+
+
+def is_supported(path: str | Path) -> bool:
+    """Whether :func:`read_volume` can read ``path`` (judged from its name, or a folder's files).
+
+    Parameters
+    ----------
+    path : str or Path
+        A file, or a folder that may hold a DICOM series.
+
+    Returns
+    -------
+    bool
+        True for a supported extension, or a folder holding DICOM files.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return folder_has_dicom(p)
+    return extension_of(p) in FORMATS
+
+
+def _format_of(path: Path) -> str:
+    fmt = FORMATS.get(extension_of(path))
+    if fmt is None:
+        raise MedsegInputError(
+            f"cannot read {path.name}: unknown file type; supported: "
+            f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM folder"
+        )
+    return fmt
+
+
+def read_volume(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    allow_channels: bool = False,
+) -> Volume:
+    """Read a medical volume with its geometry, refusing unsafe files.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.dcm``,
+        ``.tif``, ``.tiff``, ``.npy``) or a folder holding a DICOM series.
+    series_uid : str, optional
+        The DICOM series to read when the folder holds several. A ``.dcm`` file stands
+        for its own series.
+    max_voxels : int
+        Refuse files declaring more voxels (times components per voxel) than this.
+    allow_channels : bool
+        Accept 4D (time) and multi-component (RGB, vector) images. Components are put on
+        the first axis, ``(c, z, y, x)``. By default such files are refused.
+
+    Returns
+    -------
+    Volume
+        Array ``(z, y, x)`` (2D files give ``(y, x)``) with spacing, origin and direction
+        in array order, and ``metadata`` with at least ``format`` and ``path``.
+
+    Raises
+    ------
+    MedsegInputError
+        Missing file, unknown type, truncated or corrupt data, several DICOM series and
+        no ``series_uid``, 4D or RGB data without ``allow_channels``.
+    UnsafeFileError
+        Declared size above ``max_voxels``, decompression bomb, pickled ``.npy``.
+
+    Warns
+    -----
+    GeometryWarning
+        DICOM series with uneven slice spacing or gantry tilt.
+    UserWarning
+        NIfTI NaN or infinite voxels that could not be restored (read as 0).
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MedsegInputError(f"cannot read {p}: no such file or folder")
+    fmt = "dicom" if p.is_dir() else _format_of(p)
+    if fmt == "dicom":
+        return read_dicom(p, series_uid, max_voxels, allow_channels)
+    if fmt == "tiff":
+        return read_tiff(p, max_voxels, allow_channels)
+    if fmt == "npy":
+        return read_npy(p, max_voxels, allow_channels)
+    return read_itk_file(p, fmt, max_voxels, allow_channels)
+
+
+def write_volume(
+    path: str | Path,
+    data: npt.NDArray[Any] | Volume,
+    *,
+    reference: Volume | None = None,
+    spacing: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    direction: npt.ArrayLike | None = None,
+    labels: bool | None = None,
+) -> Path:
+    """Write a volume atomically, keeping its geometry.
+
+    Geometry comes from ``reference`` (e.g. the image a segmentation was made for, so the
+    file opens aligned in 3D Slicer / ITK-SNAP), else from ``data`` when it is a
+    :class:`Volume`; ``spacing``, ``origin`` and ``direction`` (array order) override it.
+
+    Parameters
+    ----------
+    path : str or Path
+        Target file; the format follows the extension (any of
+        :data:`SUPPORTED_EXTENSIONS` except ``.dcm``).
+    data : np.ndarray or Volume
+        The voxels, array order ``(z, y, x)``.
+    reference : Volume, optional
+        Volume whose geometry to copy; its shape must equal the data's.
+    spacing, origin : sequence of float, optional
+        Voxel size and world position of voxel 0, array order, mm.
+    direction : array-like, optional
+        ``(ndim, ndim)`` direction cosines, column ``j`` for array axis ``j``.
+    labels : bool, optional
+        Store as a label map: the smallest unsigned integer type holding the values
+        (uint8, or uint16 above 255 ...). ``None`` decides from the data
+        (:func:`looks_like_labels`); conversion is always lossless.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    MedsegInputError
+        Unsupported extension (or DICOM), shape or geometry mismatch, unsupported dtype.
+    MedsegError
+        The file could not be written (disk full ...); a previous file is left intact.
+
+    Warns
+    -----
+    GeometryWarning
+        When the format cannot keep the geometry (``.npy``).
+    """
+    target = Path(path).expanduser()
+    fmt = FORMATS.get(extension_of(target))
+    if fmt is None or fmt == "dicom":
+        raise MedsegInputError(
+            f"cannot save {target.name}: "
+            + ("writing DICOM is not supported" if fmt == "dicom" else "unknown file type")
+            + "; use .nii.gz, .nrrd, .mha, .tif or .npy"
+        )
+    array = np.asarray(data.array if isinstance(data, Volume) else data)
+    base = reference if reference is not None else (data if isinstance(data, Volume) else None)
+    geometry = geometry_for(array.shape, base, spacing, origin, direction, reference is not None)
+    array = _storable(array, target.name, labels)
+    volume = Volume(array, *geometry)
+    _WRITERS[fmt](target, volume)
+    return target
+
+
+def _storable(
+    array: npt.NDArray[Any], name: str, labels: bool | None
+) -> npt.NDArray[Any]:
+    """Convert to a type every format stores; label maps to the smallest unsigned type."""
+    if array.ndim < 2 or array.ndim > 4:
+        raise MedsegInputError(f"cannot save {name}: {array.ndim}D data (expected 2D to 4D)")
+    if labels is None:
+        labels = array.dtype.kind in "biu" and looks_like_labels(array)
+    if labels:
+        return as_label_type(array, name)
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    if array.dtype.kind not in "iuf":
+        raise MedsegInputError(f"cannot save {name}: voxel type {array.dtype} is not supported")
+    return array

@@ -1,0 +1,41 @@
+"""File formats: which format a file name stands for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Format of each file extension read or written.
+FORMATS: dict[str, str] = {
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
+    ".dcm": "dicom",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".npy": "npy",
+}
+#: File extensions :func:`~napari_medseg.io.read_volume` understands (a DICOM folder is
+#: also accepted).
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(FORMATS)
+
+
+def extension_of(path: str | Path) -> str:
+    """The lower-case extension of ``path``, with ``.nii.gz`` kept whole.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file name.
+
+    Returns
+    -------
+    str
+        For example ``".nii.gz"``, ``".nrrd"``, or ``""`` when there is none.
+    """
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
