@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_medseg._qt._colors import CLASS_NAMES_KEY
+from napari_medseg.colors import CLASS_NAMES_KEY
 
 pytestmark = pytest.mark.gui
 
@@ -76,7 +76,7 @@ def test_autosave_then_restore_in_a_new_viewer(make_napari_viewer, qtbot, autosa
 
     _paint(layer, 2, range(5, 7), range(10, 14), range(10, 14))
     _paint(layer, 1, range(5, 6), range(0, 3), range(0, 32))
-    assert widget._autosave_soon.isActive()  # saves shortly after painting stops
+    assert widget.autosave.soon.isActive()  # saves shortly after painting stops
     painted = np.array(layer.data, copy=True)
     worker = widget.autosave_now()  # the timers' slot, called directly
     assert worker is not None
@@ -154,12 +154,12 @@ def test_autosave_can_be_switched_off(make_napari_viewer, qtbot, autosave_dir):
     widget = _annotate(viewer, qtbot)
     layer = widget.create_annotation_layer()
     widget.autosave_check.setChecked(False)
-    assert not widget._autosave_timer.isActive()
+    assert not widget.autosave.timer.isActive()
     _paint(layer, 2, range(1, 2), range(1, 3), range(1, 3))
-    assert not widget._autosave_soon.isActive()
+    assert not widget.autosave.soon.isActive()
     assert widget.autosave_now() is None and not autosave_dir.exists()
     widget.autosave_check.setChecked(True)
-    assert widget._autosave_timer.isActive()
+    assert widget.autosave.timer.isActive()
     assert widget.autosave_now() is not None
     qtbot.waitUntil(lambda: widget.autosave_worker is None, timeout=WAIT_MS)
     assert len(list(autosave_dir.glob("*.npz"))) == 1
@@ -170,7 +170,7 @@ KILLED_SCRIPT = textwrap.dedent(
     import sys, time
     import numpy as np
     from napari_medseg.autosave import AutosaveStore
-    from napari_medseg._qt._autosave import autosave_key, save_snapshot
+    from napari_medseg.autosave_keys import autosave_key, save_snapshot
 
     path = sys.argv[1]
     image = np.load(path)

@@ -45,8 +45,6 @@ def _panel(viewer):
 
 
 def test_crossval_table_from_the_annotation(tiny_viewer, qtbot):
-    from napari_medseg._qt.metrics_widget import describe_crossval_progress
-
     panel = _panel(tiny_viewer)
     assert not panel.table.isVisibleTo(panel)
     panel.form.set_values(**FAST, arch="unet3d")
@@ -54,11 +52,11 @@ def test_crossval_table_from_the_annotation(tiny_viewer, qtbot):
     assert panel.run() is False  # one at a time
     assert not panel.run_button.isEnabled() and panel.stop_button.isEnabled()
     seen: list[str] = []
-    panel.worker.yielded.connect(lambda p: seen.append(describe_crossval_progress(p)))
+    panel.worker.yielded.connect(lambda p: seen.append(p.describe()))
     qtbot.waitUntil(lambda: not panel.is_running, timeout=WAIT_MS)
     assert not panel.status.is_error, panel.status.text()
-    assert any(text.startswith("fold 2/3 · train · step 2") for text in seen), seen
-    assert any(text.startswith("fold 3/3 · predict · tile 1") for text in seen), seen
+    assert any(text.startswith("fold 2/3 train step 2") for text in seen), seen
+    assert any(text.startswith("fold 3/3 predict tile 1") for text in seen), seen
 
     result = panel.result
     assert result.complete and len(result.folds) == 3
@@ -119,7 +117,7 @@ def test_crossval_stop_button_before_any_fold(tiny_viewer, qtbot):
     panel = _panel(tiny_viewer)
     panel.form.set_values(**{**FAST, "iterations": None, "time_budget": 120.0})
     assert panel.run() is True
-    qtbot.waitUntil(lambda: "fold 1/3 · train" in panel.progress.label.text(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "fold 1/3 train" in panel.progress.label.text(), timeout=WAIT_MS)
     panel.stop_button.click()
     qtbot.waitUntil(lambda: not panel.is_running, timeout=WAIT_MS)
     assert not panel.status.is_error, panel.status.text()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .._qt._colors import CLASS_NAMES_KEY, annotation_color_dict, segmentation_color_dict
+from ..colors import CLASS_NAMES_KEY, annotation_color_dict, segmentation_color_dict
 from ..volume import Volume
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]

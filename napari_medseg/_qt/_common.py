@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QAbstractItemView,
     QFormLayout,
     QFrame,
+    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 ERROR_STYLE = "color: #ff6b6b; font-weight: bold;"
+RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 INFO_STYLE = ""
 PROGRESS_STEPS = 1000
 
@@ -128,3 +135,34 @@ def button(text: str, tooltip: str = "") -> QPushButton:
     if tooltip:
         b.setToolTip(tooltip)
     return b
+
+
+def result_table(columns: Sequence[str] = (), min_height: int = 90) -> QTableWidget:
+    """A read-only table of results: whole rows selected, columns sized to their content."""
+    table = QTableWidget(0, len(columns))
+    if columns:
+        table.setHorizontalHeaderLabels(list(columns))
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    table.setMinimumHeight(min_height)
+    return table
+
+
+def fill_table(
+    table: QTableWidget, rows: Sequence[Sequence[str]], bold_columns: int | None = None
+) -> None:
+    """Put ``rows`` of text into ``table``: numbers (every column but the first) right-aligned,
+    the ``"mean"`` row in bold (its first ``bold_columns`` cells; None: all of them)."""
+    table.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        for c, text in enumerate(row):
+            item = QTableWidgetItem(text)
+            if c:
+                item.setTextAlignment(int(RIGHT))
+            if row[0] == "mean" and (bold_columns is None or c < bold_columns):
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
+            table.setItem(r, c, item)

@@ -11,21 +11,21 @@ One editor per dataclass field, chosen from the field's type:
 anything else               magicgui ``create_widget`` (tuples, paths ...)
 ==========================  ==============================================
 
-Tooltips come from the field's ``metadata["help"]`` or from the ``Parameters`` section of
-the dataclass docstring. ``metadata["min"]`` / ``["max"]`` bound the spin boxes.
+Everything else comes from the field's metadata (:func:`napari_medseg.options.option`):
+the tooltip (``help``), the spin boxes' bounds and step (``min``, ``max``, ``step``) and
+suffix (``unit``), what an unchecked optional field means (``none_text``) and the value it
+shows meanwhile (``suggest``), and the row's label (``label``, default from the name).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 import re
-import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from qtpy.QtCore import Signal
 from qtpy.QtGui import QValidator
@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..options import default_of, unwrap_optional
 from ._common import form_layout
 
 logger = logging.getLogger(__name__)
@@ -52,33 +53,6 @@ def field_label(name: str) -> str:
     """``"time_budget"`` -> ``"Time budget"``."""
     text = name.replace("_", " ").strip()
     return text[:1].upper() + text[1:]
-
-
-def docstring_params(cls: type) -> dict[str, str]:
-    """Descriptions from the ``Parameters``/``Attributes`` section of a numpy-style docstring."""
-    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
-    out: dict[str, str] = {}
-    section: str | None = None
-    current: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        following = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if line.strip() and following and set(following) == {"-"}:
-            section, current = line.strip(), []
-            i += 2
-            continue
-        if section in ("Parameters", "Attributes"):
-            if line and not line[0].isspace():
-                match = re.match(r"([A-Za-z_][\w, ]*?)\s*(?::|$)", line)
-                current = [n.strip() for n in match.group(1).split(",")] if match else []
-                for name in current:
-                    out.setdefault(name, "")
-            elif current and line.strip():
-                for name in current:
-                    out[name] = (out[name] + " " + line.strip()).strip()
-        i += 1
-    return {k: v.replace("``", "") for k, v in out.items() if v}
 
 
 class _FloatSpinBox(QDoubleSpinBox):
@@ -124,15 +98,6 @@ class FieldEditor:
         self.get = get
         self.set = set_
         self.connect = connect
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
 
 
 def _number_editor(tp: type, default: Any, meta: dict[str, Any]) -> FieldEditor:
@@ -280,7 +245,7 @@ def make_editor(tp: Any, default: Any, meta: dict[str, Any] | None = None) -> Fi
     ``None`` and the editor shows ``meta["suggest"]`` (greyed out).
     """
     meta = dict(meta or {})
-    inner_tp, optional = _unwrap_optional(tp)
+    inner_tp, optional = unwrap_optional(tp)
     if not optional:
         return _plain_editor(tp, default, meta)
     shown = default if default is not None else meta.get("suggest")
@@ -288,14 +253,6 @@ def make_editor(tp: Any, default: Any, meta: dict[str, Any] | None = None) -> Fi
     if inner is None:
         return None
     return _optional_editor(inner, default, meta.get("none_text", "none"))
-
-
-def _default_of(field: dataclasses.Field[Any]) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return None
 
 
 class DataclassForm(QWidget):
@@ -309,14 +266,6 @@ class DataclassForm(QWidget):
         Names of the fields to show, in order (default: all init fields).
     exclude : iterable of str
         Fields never shown.
-    units : dict, optional
-        Suffix shown in the spin box of a field, e.g. ``{"time_budget": "s"}``.
-    none_text : dict, optional
-        What "unchecked" means for an optional field, e.g. ``{"iterations": "no limit"}``.
-    suggest : dict, optional
-        Value shown (greyed) by an optional field while it is ``None``.
-    limits : dict, optional
-        ``(min, max)`` or ``(min, max, step)`` of a numeric field's spin box(es).
     """
 
     changed = Signal()
@@ -327,16 +276,11 @@ class DataclassForm(QWidget):
         *,
         fields: Sequence[str] | None = None,
         exclude: Iterable[str] = (),
-        units: dict[str, str] | None = None,
-        none_text: dict[str, str] | None = None,
-        suggest: dict[str, Any] | None = None,
-        limits: dict[str, tuple[float, ...]] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self.cls = cls
         hints = typing.get_type_hints(cls)
-        helps = docstring_params(cls)
         by_name = {f.name: f for f in dataclasses.fields(cls) if f.init}
         names = list(fields) if fields is not None else list(by_name)
         skip = set(exclude)
@@ -348,18 +292,10 @@ class DataclassForm(QWidget):
                 continue
             field = by_name[name]
             meta = dict(field.metadata)
-            if units and name in units:
-                meta.setdefault("unit", units[name])
-            if none_text and name in none_text:
-                meta.setdefault("none_text", none_text[name])
-            if suggest and name in suggest:
-                meta.setdefault("suggest", suggest[name])
-            if limits and name in limits:
-                meta.update(zip(("min", "max", "step"), limits[name]))
-            editor = make_editor(hints.get(name, Any), _default_of(field), meta)
+            editor = make_editor(hints.get(name, Any), default_of(field), meta)
             if editor is None:
                 continue
-            tip = str(meta.get("help") or meta.get("doc") or helps.get(name, ""))
+            tip = str(meta.get("help", ""))
             if tip:
                 editor.widget.setToolTip(tip)
             editor.widget.setObjectName(f"medseg_field_{name}")
@@ -388,6 +324,8 @@ class ConfigForm(QWidget):
     basic : sequence of str
         Fields shown at the top; every other init field goes under a collapsible
         "Advanced" section (omitted when empty).
+    exclude : iterable of str
+        Fields never shown.
     """
 
     changed = Signal()
@@ -398,10 +336,6 @@ class ConfigForm(QWidget):
         basic: Sequence[str] | None = None,
         *,
         exclude: Iterable[str] = (),
-        units: dict[str, str] | None = None,
-        none_text: dict[str, str] | None = None,
-        suggest: dict[str, Any] | None = None,
-        limits: dict[str, tuple[float, ...]] | None = None,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
@@ -412,15 +346,14 @@ class ConfigForm(QWidget):
         advanced_names = [n for n in all_names if n not in basic_names]
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        extra = {"units": units, "none_text": none_text, "suggest": suggest, "limits": limits}
-        self.basic = DataclassForm(cls, fields=basic_names, **extra)
+        self.basic = DataclassForm(cls, fields=basic_names)
         layout.addWidget(self.basic)
         self.advanced: DataclassForm | None = None
         self.collapsible: QWidget | None = None
         if advanced_names:
             from superqt import QCollapsible
 
-            self.advanced = DataclassForm(cls, fields=advanced_names, **extra)
+            self.advanced = DataclassForm(cls, fields=advanced_names)
             if self.advanced.editors:
                 collapsible = QCollapsible("Advanced", expandedIcon="▼", collapsedIcon="▶")
                 collapsible.addWidget(self.advanced)
@@ -459,48 +392,3 @@ class ConfigForm(QWidget):
         values = self.values()
         values.update(overrides)
         return self.cls(**values)
-
-
-def train_config_form(config_cls: type, basic: Sequence[str]) -> ConfigForm:
-    """The form of a ``TrainConfig``, as the Train and cross-validation sections show it.
-
-    Parameters
-    ----------
-    config_cls : type
-        The dataclass, :class:`napari_medseg.training.TrainConfig`.
-    basic : sequence of str
-        Fields shown up front; the others go under "Advanced".
-    """
-    return ConfigForm(
-        config_cls,
-        basic,
-        units={"time_budget": "s"},
-        none_text={
-            "time_budget": "no time limit",
-            "iterations": "no step limit",
-            "patch_shape": "chosen from the image size and spacing",
-            "base_channels": "8",
-            "threads": "torch's default",
-            "batch_workers": "none on a CPU, most cores on a GPU",
-            "freeze_batch_norm": "0.3 for several structures, off for one",
-        },
-        suggest={
-            "iterations": 200,
-            "patch_shape": (32, 64, 64),
-            "base_channels": 8,
-            "threads": 2,
-            "batch_workers": 4,
-            "freeze_batch_norm": 0.3,
-        },
-        limits={
-            "iterations": (1, 10**7),
-            "base_channels": (1, 256),
-            "batch_size": (1, 256),
-            "threads": (1, 256),
-            "batch_workers": (0, 256),
-            "ensemble": (1, 10),
-            "patch_shape": (1, 4096),
-            "time_budget": (1, 10**6),
-            "freeze_batch_norm": (0.0, 1.0, 0.05),
-        },
-    )

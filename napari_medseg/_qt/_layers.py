@@ -12,12 +12,18 @@ from napari.viewer import Viewer
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QSizePolicy, QWidget
 
+from ..colors import CLASS_NAMES_KEY
 from ..errors import MedsegInputError
-from ._colors import CLASS_NAMES_KEY
+from ..painted_slices import axis_name
 
-__all__ = ["CLASS_NAMES_KEY", "LayerPicker", "current_slice", "geometry_kwargs", "layer_array"]
-
-AXIS_NAMES_3D = ("z", "y", "x")
+__all__ = [
+    "CLASS_NAMES_KEY",
+    "LayerPicker",
+    "axis_name",
+    "current_slice",
+    "layer_array",
+    "placement_kwargs",
+]
 
 
 def layer_array(layer: Layer) -> np.ndarray:
@@ -33,8 +39,13 @@ def spacing_of(layer: Layer) -> tuple[float, ...]:
     return tuple(float(s) for s in layer.scale)
 
 
-def geometry_kwargs(layer: Layer) -> dict[str, Any]:
-    """Keyword arguments that give a new layer the same placement as ``layer``."""
+def placement_kwargs(layer: Layer) -> dict[str, Any]:
+    """Keyword arguments that give a new layer the same placement as ``layer``.
+
+    Copies the layer's whole transform (scale, translate, rotate, shear, affine) with its
+    axis labels and units. Not :func:`napari_medseg._napari.reader.geometry_kwargs`, which
+    places a :class:`~napari_medseg.volume.Volume` read from a file.
+    """
     return {
         "scale": tuple(float(s) for s in layer.scale),
         "translate": tuple(float(t) for t in layer.translate),
@@ -55,13 +66,6 @@ def class_names_of(*layers: Layer | None) -> list[str] | None:
         if names:
             return [str(n) for n in names]
     return None
-
-
-def axis_name(axis: int, ndim: int) -> str:
-    """``"z"``, ``"y"``, ``"x"`` for the axes of a 3D volume, ``"axis k"`` otherwise."""
-    if ndim == 3:
-        return AXIS_NAMES_3D[axis]
-    return f"axis {axis}"
 
 
 def sliced_axis(viewer: Viewer, layer: Layer) -> int:

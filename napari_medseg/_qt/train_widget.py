@@ -12,30 +12,22 @@ from typing import Any
 
 import numpy as np
 from napari.viewer import Viewer
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
 
 from ..annotation import validate_annotation
 from ..errors import MedsegInputError
-from ._common import ProgressRow, StatusLabel, button, form_layout, section_title, separator
-from ._forms import train_config_form
+from ._common import button, form_layout, section_title, separator
+from ._forms import ConfigForm
+from ._job import JobControls, RunsJob
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
 from ._state import MODELS, ModelRegistry
-from ._worker import StopSwitch, report_error, run_function, run_generator
+from ._worker import report_error, run_function
 
 BASIC_FIELDS = ("arch", "time_budget", "iterations", "device", "seed")
 MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
 
 
-def describe_progress(progress: Any) -> str:
-    """``"step 12/100 · loss 0.431 · 7 s"`` from a :class:`TrainProgress`."""
-    total = f"/{progress.total_steps}" if progress.total_steps else ""
-    text = f"step {progress.step}{total} · loss {progress.loss:.3f} · {progress.elapsed:.0f} s"
-    if progress.message:
-        text += f" — {progress.message}"
-    return text
-
-
-class TrainWidget(QWidget):
+class TrainWidget(RunsJob, QWidget):
     """Train a segmentation network from the painted slices.
 
     Parameters
@@ -52,7 +44,6 @@ class TrainWidget(QWidget):
 
         self.viewer = napari_viewer
         self.registry = registry if registry is not None else MODELS
-        self.worker: Any = None
         self.model: Any = None
         self.model_name: str | None = None
         self._last_progress: Any = None
@@ -61,13 +52,15 @@ class TrainWidget(QWidget):
         self.annotation_picker = labels_picker(
             napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
         )
-        self.form = train_config_form(TrainConfig, BASIC_FIELDS)
+        self.form = ConfigForm(TrainConfig, BASIC_FIELDS)
         self.train_button = button("Train", "Train a new model on the image and annotation")
         self.stop_button = button("Stop", "End training after the current step; keep the model")
-        self.stop_button.setEnabled(False)
-        self._stop = StopSwitch(self.stop_button)
-        self.progress = ProgressRow()
-        self.status = StatusLabel()
+        self.job = JobControls(
+            "training", self.train_button, stop_button=self.stop_button,
+            controls=(self.form, self.image_picker, self.annotation_picker),
+            stopping="stopping after the current step…",
+        )
+        self.progress, self.status = self.job.progress, self.job.status
         self.save_button = button("Save model…", "Write the last trained model to a file")
         self.save_button.setEnabled(False)
 
@@ -79,10 +72,7 @@ class TrainWidget(QWidget):
         layout.addWidget(separator())
         layout.addWidget(section_title("Settings"))
         layout.addWidget(self.form)
-        row = QHBoxLayout()
-        row.addWidget(self.train_button, 2)
-        row.addWidget(self.stop_button, 1)
-        layout.addLayout(row)
+        layout.addLayout(self.job.button_row())
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.save_button)
@@ -91,19 +81,6 @@ class TrainWidget(QWidget):
         self.train_button.clicked.connect(self.start_training)
         self.stop_button.clicked.connect(self.stop_training)
         self.save_button.clicked.connect(self.save_model_dialog)
-
-    # -- state ------------------------------------------------------------------------------
-    @property
-    def is_running(self) -> bool:
-        """True while a training run is in progress."""
-        return self.worker is not None
-
-    def _set_running(self, running: bool) -> None:
-        self.train_button.setEnabled(not running)
-        self.stop_button.setEnabled(running)
-        self.form.setEnabled(not running)
-        self.image_picker.setEnabled(not running)
-        self.annotation_picker.setEnabled(not running)
 
     # -- training ---------------------------------------------------------------------------
     def _inputs(self) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, ...], list[str] | None]:
@@ -118,8 +95,7 @@ class TrainWidget(QWidget):
         names = class_names_of(annotation_layer)
         n_classes = len(names) + 1 if names else None
         validate_annotation(annotation, image.shape, n_classes)
-        config = self.form.config()
-        config.check()
+        config = self.form.config()  # checked when made
         spacing = spacing_of(image_layer)
         if not np.allclose(spacing_of(annotation_layer), spacing, rtol=1e-3):
             raise MedsegInputError(
@@ -145,31 +121,26 @@ class TrainWidget(QWidget):
         except (MedsegInputError, TypeError, ValueError) as exc:
             report_error(exc, self.status)
             return False
-        stop = self._stop.arm()
         self._last_progress = None
         self._image_name = self.image_picker.layer().name
         self._arch = config.arch
-        self._set_running(True)
-        self.status.info("training…")
-        self.progress.start("preparing…")
-        self.worker = run_generator(
-            lambda: train(image, annotation, config, spacing=spacing, class_names=names, stop=stop),
-            name="MedSeg training",
+        self.job.start(
+            lambda stop: train(
+                image, annotation, config, spacing=spacing, class_names=names, stop=stop
+            ),
+            message="training…",
             on_yield=self._on_progress,
             on_return=self._on_model,
-            on_error=self._on_error,
-            on_finish=self._on_finished,
-            on_abort=self._on_aborted,
         )
         return True
 
     def stop_training(self) -> None:
         """Ask training to end after the current step (the model so far is kept)."""
-        self._stop.request(self.status, "stopping after the current step…")
+        self.job.stop()
 
     def _on_progress(self, progress: Any) -> None:
         self._last_progress = progress
-        self.progress.update(progress.fraction, describe_progress(progress))
+        self.job.show_progress(progress)
 
     def _on_model(self, model: Any) -> None:
         self.model = model
@@ -187,19 +158,6 @@ class TrainWidget(QWidget):
         self.progress.finish(f"{how} after {steps} steps{loss_text}", complete=reason != "stopped")
         self.status.info(f"model '{entry.name}' ready — use it in 3 · Predict")
         self.save_button.setEnabled(True)
-
-    def _on_error(self, exc: BaseException) -> None:
-        self.progress.finish("failed", complete=False)
-        report_error(exc, self.status, prefix="training failed: ")
-
-    def _on_aborted(self) -> None:
-        self.progress.finish("cancelled", complete=False)
-        self.status.info("training cancelled")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self._stop.disarm()
-        self._set_running(False)
 
     # -- saving -----------------------------------------------------------------------------
     def save_model_dialog(self) -> None:

@@ -1,4 +1,4 @@
-"""GUI-free glue between the Annotate widget and :mod:`napari_medseg.autosave`.
+"""Autosave keys and snapshots: the glue between the Annotate widget and :mod:`.autosave`.
 
 Nothing here imports Qt or napari, so a plain script (or a test that kills its process
 mid-way) can save an autosave exactly the way the widget does:
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..autosave import AutosaveEntry, AutosaveStore, image_fingerprint
+from .autosave import AutosaveEntry, AutosaveStore, image_fingerprint
 
 __all__ = [
     "autosave_key",

@@ -7,8 +7,6 @@ segmentation and in the expert mask (value ``k``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 RGBA = tuple[float, float, float, float]
 
 #: ``layer.metadata`` key holding the structure names (background excluded), set on the
@@ -63,12 +61,6 @@ def segmentation_color_dict(n_structures: int) -> dict[int | None, RGBA]:
     for k in range(1, max(1, n_structures) + 1):
         colors[k] = structure_color(k)
     return colors
-
-
-def css_color(rgba: Sequence[float]) -> str:
-    """``#rrggbb`` form of an RGBA tuple (alpha dropped)."""
-    r, g, b = (max(0, min(255, round(255 * float(c)))) for c in rgba[:3])
-    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def parse_class_names(text: str) -> list[str]:
