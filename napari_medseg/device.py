@@ -120,3 +120,10 @@ def memory_format_for(network: torch.nn.Module) -> torch.memory_format:
     if any(isinstance(m, torch.nn.Conv3d) for m in network.modules()):
         return torch.channels_last_3d
     return torch.contiguous_format
+
+
+def release_device(device: torch.device) -> None:
+    """Give the memory cached on ``device`` back once work there has ended (CUDA only: the
+    other devices keep no cache to return)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

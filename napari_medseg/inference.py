@@ -2,66 +2,107 @@
 
 :func:`predict` is a generator: it yields a :class:`TileProgress` after each finished tile
 (with the labels of that region, for a live overlay) and returns a :class:`Prediction`.
+
+It is put together from small pieces, as a sampler and an aggregator are
+(:mod:`napari_medseg.tiling`): one tiled pass per plane the model reads
+(:func:`~napari_medseg._passes.plane_pass`), averaged (:func:`_all_planes`), wrapped in a
+retry with smaller tiles, then on the CPU, when the GPU runs out of memory
+(:func:`_retrying_on_oom`).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from .checkpoint import TrainedModel
-from .device import autocast_dtype, memory_format_for, resolve_device
+from ._passes import (
+    PassSums,
+    PlaneScores,
+    PlaneView,
+    TileComputer,
+    average_passes,
+    disagreement,
+    plane_pass,
+    plane_views,
+)
+from .device import DeviceName, release_device, resolve_device
 from .errors import MedsegError, MedsegInputError
+from .model import TrainedModel
 from .models import Ensemble
+from .options import check_choice, option
 from .progress import run_to_completion
-from .tiling import GaussianAggregator, GridSampler
+
+__all__ = [
+    "PredictConfig",
+    "Prediction",
+    "TileProgress",
+    "default_tile_shape",
+    "disagreement",
+    "predict",
+    "predict_volume",
+    "tile_shape_for",
+]
 
 
 @dataclass
 class PredictConfig:
-    """Settings of one prediction (the Predict widget's form is built from these fields).
+    """Settings of one prediction.
 
-    Parameters
-    ----------
-    device : {"auto", "cpu", "cuda", "mps"}
-        Where to compute; ``auto`` picks CUDA, then MPS, then the CPU.
-    overlap : float
-        Fraction of a tile shared with its neighbour (0.5 = half).
-    probabilities : bool
-        Also return per-class probabilities.
-    tile_shape : tuple of int or None
-        Tile size in voxels (array order); ``None`` picks one from the model's patch.
-    mirror : bool
-        Test-time augmentation: average over flips of the in-plane axes (4x the work).
-    uncertainty : bool
-        Also return where an ensemble's networks disagree (:func:`disagreement`): high
-        where the painted slices left the answer open, which is where painting one more
-        slice helps most. Needs a model trained as an ensemble.
-    mixed_precision : bool
-        Compute in bf16 (or fp16) where the device does so natively: CUDA, and CPUs with
-        AVX-512 BF16 or AMX (:func:`~napari_medseg.device.autocast_dtype`). ``False``:
-        float32 everywhere (``benchmarks/cpu_bf16.py`` measures the speed and agreement).
+    The Predict widget's form and the options of ``medseg predict`` are built from these
+    fields (:mod:`napari_medseg.options`); impossible values raise
+    :class:`~napari_medseg.errors.MedsegInputError` here. Why the defaults are what they
+    are: ``docs/DEFAULTS.md``.
     """
 
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    overlap: float = 0.5
-    probabilities: bool = False
-    tile_shape: tuple[int, int, int] | None = None
-    mirror: bool = False
-    uncertainty: bool = False
-    mixed_precision: bool = True
+    device: DeviceName = option(
+        "auto", help="where to compute: auto picks CUDA, then Apple MPS, then the CPU"
+    )
+    overlap: float = option(
+        0.5, help="fraction of a tile shared with its neighbour (0.5: half)",
+        min=0.0, max=0.95, step=0.05,
+    )  # fmt: skip
+    probabilities: bool = option(
+        False, help="also return the probability of every class at every voxel"
+    )
+    tile_shape: tuple[int, int, int] | None = option(
+        None, help="tile size in voxels, in array order", none_text="chosen from the model",
+        suggest=(64, 128, 128), min=1, max=4096, metavar=("Z", "Y", "X"),
+    )  # fmt: skip
+    mirror: bool = option(
+        False, help="test-time flips: average over mirror images of the in-plane axes (four "
+        "forward passes per tile: slower, smoother)",
+    )  # fmt: skip
+    uncertainty: bool = option(
+        False, help="also return where an ensemble's networks disagree, 0 to 1: where "
+        "painting one more slice helps most (needs a model trained as an ensemble)",
+    )  # fmt: skip
+    mixed_precision: bool = option(
+        True, help="compute in bf16 (or fp16) where the device does so natively: CUDA, and "
+        "CPUs with AVX-512 BF16 or AMX", negate=True, flag="full_precision",
+        flag_help="compute in float32 even where the device does bf16 natively (a GPU, or a "
+        "CPU with AVX-512 BF16 or AMX): slower, the same numbers everywhere",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        try:
+            check_choice(PredictConfig, "device", self.device)
+        except ValueError as exc:
+            raise MedsegInputError(str(exc)) from None
+        if not 0.0 <= self.overlap < 1.0:
+            raise MedsegInputError("overlap must be between 0 and 1 (exclusive)")
+        if self.tile_shape and any(size <= 0 for size in self.tile_shape):
+            raise MedsegInputError(f"tile sizes must be positive, not {tuple(self.tile_shape)}")
 
 
 @dataclass
 class TileProgress:
-    """What :func:`predict` yields after each tile."""
+    """What :func:`predict` yields after each tile: its number, the region it covered (in
+    the volume's axis order) and the labels there so far, for a live overlay."""
 
     index: int
     total: int
@@ -69,6 +110,15 @@ class TileProgress:
     labels: np.ndarray
     elapsed: float
     message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        """How much of the prediction is done, from 0 to 1."""
+        return self.index / max(1, self.total)
+
+    def describe(self) -> str:
+        """One line for a progress bar: ``tile 3/12`` and the message, if any."""
+        return f"tile {self.index}/{self.total} {self.message}".strip()
 
 
 @dataclass
@@ -108,61 +158,6 @@ def tile_shape_for(
     return tuple(min(s, 2 * p) for s, p in zip(shape, patch_shape))  # type: ignore[return-value]
 
 
-def disagreement(member_probabilities: torch.Tensor) -> torch.Tensor:
-    """How much an ensemble's networks disagree, per voxel, from 0 (agree) to 1.
-
-    The mutual information between the networks' predictions and the class (the entropy of
-    their mean minus their mean entropy), divided by its largest value, ``log(C)``. It is
-    high where the networks are each sure but of different classes, and stays low where
-    they agree, however unsure: at every boundary one network is unsure, but only where the
-    annotation leaves the answer open do the networks part ways.
-
-    Parameters
-    ----------
-    member_probabilities : torch.Tensor
-        ``(M, N, C, *spatial)`` class probabilities of M networks.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(N, *spatial)``.
-    """
-
-    def entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
-        return -(p * torch.log(p.clamp_min(1e-12))).sum(dim)
-
-    n_classes = member_probabilities.shape[2]
-    mean = member_probabilities.mean(0)
-    information = entropy(mean, 1) - entropy(member_probabilities, 2).mean(0)
-    return (information / math.log(n_classes)).clamp(0.0, 1.0)
-
-
-def _mirrored_softmax(network: torch.nn.Module, x: torch.Tensor, mirror: bool) -> torch.Tensor:
-    probs = torch.softmax(network(x).float(), dim=1)
-    if mirror:
-        for dims in ((3,), (4,), (3, 4)):
-            probs += torch.softmax(network(x.flip(dims)).float(), dim=1).flip(dims)
-        probs /= 4.0
-    return probs
-
-
-@torch.inference_mode()
-def _forward(
-    network: torch.nn.Module,
-    x: torch.Tensor,
-    amp: torch.dtype | None,
-    mirror: bool,
-    uncertainty: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    # Inference mode is entered per tile, never held across a yield: it is thread-wide state
-    # and would leak into whatever the consumer of the generator does between tiles.
-    with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        if not uncertainty:
-            return _mirrored_softmax(network, x, mirror), None
-        members = torch.stack([_mirrored_softmax(m, x, mirror) for m in network.members])
-        return members.mean(0), disagreement(members)
-
-
 def predict(
     model: TrainedModel,
     image: np.ndarray,
@@ -195,53 +190,131 @@ def predict(
     -------
     Prediction
     """
-    config = config or PredictConfig()
-    if not 0.0 <= config.overlap < 1.0:
-        raise MedsegInputError("overlap must be between 0 and 1 (exclusive)")
-    if config.uncertainty and not isinstance(model.network, Ensemble):
+    settings = config or PredictConfig()
+    if settings.uncertainty and not isinstance(model.network, Ensemble):
         raise MedsegInputError(
             "uncertainty needs a model trained as an ensemble (train with --ensemble 2 or more)"
         )
     volume = np.asarray(image)
-    squeeze = volume.ndim == 2
-    if squeeze:
-        volume = volume[np.newaxis]
+    flat = volume.ndim == 2
+    volume = _checked_volume(volume[np.newaxis] if flat else volume)
+    device = resolve_device(settings.device)
+    normalized = model.config.normalization.apply(volume)
+    tiles = tuple(settings.tile_shape) if settings.tile_shape else None
+    first = _Attempt(tile_shape=tiles, device=device, start=time.perf_counter())
+    result = yield from _retrying_on_oom(
+        lambda attempt: _all_planes(model, normalized, settings, attempt, stop),
+        first,
+        default_tile_shape(model, volume.shape),
+    )
+    return _first_slice(result) if flat else result
+
+
+def predict_volume(
+    model: TrainedModel, image: np.ndarray, config: PredictConfig | None = None
+) -> Prediction:
+    """Run :func:`predict` to the end and return its :class:`Prediction`."""
+    return run_to_completion(predict(model, image, config))
+
+
+def _checked_volume(volume: np.ndarray) -> np.ndarray:
+    """``volume`` if it is ``(z, y, x)`` with a finite voxel; else why not, raised."""
     if volume.ndim != 3:
         raise MedsegInputError(
             f"image has {volume.ndim} dimensions; napari-medseg segments 2D images and 3D volumes"
         )
     if not np.isfinite(volume).any():
         raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
-    device = resolve_device(config.device)
-    normalized = model.config.normalization.apply(volume)
-    tile_shape = tuple(config.tile_shape) if config.tile_shape else None
-    start = time.perf_counter()
-    message = ""
+    return volume
+
+
+def _first_slice(result: Prediction) -> Prediction:
+    """The prediction of a 2D image (made as a volume of one slice), in place."""
+    result.labels = result.labels[0]
+    if result.probabilities is not None:
+        result.probabilities = result.probabilities[:, 0]
+    if result.uncertainty is not None:
+        result.uncertainty = result.uncertainty[0]
+    return result
+
+
+# ---- retrying after the GPU ran out of memory ------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One try at a prediction: its tiles (``None``: each plane's default), its device, when
+    the first try started, and the note its first tile shows (why it is a retry)."""
+
+    tile_shape: tuple[int, ...] | None
+    device: torch.device
+    start: float
+    note: str = ""
+
+
+def _retrying_on_oom(
+    run: Callable[[_Attempt], Generator[TileProgress, None, Prediction]],
+    attempt: _Attempt,
+    default_tiles: tuple[int, ...],
+) -> Generator[TileProgress, None, Prediction]:
+    """``run(attempt)``, started again by :func:`_after_out_of_memory` whenever it runs out
+    of GPU memory (``default_tiles``: the tiles halved when the attempt names none)."""
     while True:
         try:
-            result = yield from _predict_tiles(
-                model, normalized, tile_shape, config, device, stop, start, message
-            )
-            break
+            return (yield from run(attempt))
         except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            tiles = tile_shape or default_tile_shape(model, volume.shape)
-            smaller = tuple(max(8, t // 2) for t in tiles)
-            if smaller != tile_shape:
-                tile_shape = smaller
-                message = f"GPU out of memory: retrying with smaller tiles {tile_shape}"
-            elif device.type != "cpu":
-                device = torch.device("cpu")
-                message = "GPU out of memory: retrying on the CPU"
-            else:  # pragma: no cover - CUDA errors cannot come from the CPU
-                raise MedsegError("out of memory during inference") from None
-    if squeeze:
-        result.labels = result.labels[0]
-        if result.probabilities is not None:
-            result.probabilities = result.probabilities[:, 0]
-        if result.uncertainty is not None:
-            result.uncertainty = result.uncertainty[0]
-    return result
+            attempt = _after_out_of_memory(attempt, default_tiles)
+
+
+def _after_out_of_memory(attempt: _Attempt, default_tiles: tuple[int, ...]) -> _Attempt:
+    """The next try: tiles half the size (at least 8), then the CPU."""
+    smaller = tuple(max(8, t // 2) for t in attempt.tile_shape or default_tiles)
+    if smaller != attempt.tile_shape:
+        note = f"GPU out of memory: retrying with smaller tiles {smaller}"
+        return replace(attempt, tile_shape=smaller, note=note)
+    if attempt.device.type != "cpu":
+        note = "GPU out of memory: retrying on the CPU"
+        return replace(attempt, device=torch.device("cpu"), note=note)
+    raise MedsegError("out of memory during inference") from None  # pragma: no cover
+
+
+# ---- one attempt: a pass per plane, averaged -------------------------------------------
+
+
+def _all_planes(
+    model: TrainedModel,
+    normalized: np.ndarray,
+    config: PredictConfig,
+    attempt: _Attempt,
+    stop: threading.Event | None,
+) -> Generator[TileProgress, None, Prediction]:
+    """One tiled pass per plane of the model (2D networks may read three), averaged; the
+    network is on ``attempt.device`` only while the passes run."""
+    planes = plane_views(
+        normalized,
+        _planes_of(model, normalized.shape),
+        lambda shape: attempt.tile_shape or default_tile_shape(model, shape),
+        config.overlap,
+    )
+    counter = _TileCounter(
+        total=sum(len(plane.sampler) for plane in planes), start=attempt.start, note=attempt.note
+    )
+    sums = PassSums()
+    stopped: Prediction | None = None
+    try:
+        compute = TileComputer.placed(model, attempt.device, config)
+        for plane in planes:
+            done = yield from plane_pass(plane, compute, counter.report, sums.scores, stop)
+            if not done.complete:
+                stopped = _stopped(sums, done, plane, attempt.device)
+                break
+            sums.add(done, plane.axis)
+    finally:
+        model.network.to("cpu", memory_format=torch.contiguous_format)
+        release_device(attempt.device)
+    if stopped is not None:
+        return stopped
+    return _finished(sums, config, attempt.device, planes[0].sampler.tile_shape)
 
 
 def _planes_of(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -251,134 +324,59 @@ def _planes_of(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(model.config.planes)
 
 
-def _to_volume_order(region: tuple[slice, ...], axis: int) -> tuple[slice, ...]:
-    """A region of the view with ``axis`` moved first, in the volume's axis order."""
-    rest = list(region[1:])
-    rest.insert(axis, region[0])
-    return tuple(rest)
+class _TileCounter:
+    """Numbers the tiles of an attempt across its passes and makes their progress reports;
+    the attempt's ``note`` goes with its first tile only."""
+
+    def __init__(self, *, total: int, start: float, note: str) -> None:
+        self.index = 0
+        self.total = total
+        self.start = start
+        self.note = note
+
+    def report(self, region: tuple[slice, ...], labels: np.ndarray, caption: str) -> TileProgress:
+        """The progress of the next tile, which covered ``region`` (volume order)."""
+        self.index += 1
+        message = " · ".join(m for m in (self.note, caption) if m)
+        self.note = ""
+        return TileProgress(
+            index=self.index,
+            total=self.total,
+            region=region,
+            labels=labels,
+            elapsed=time.perf_counter() - self.start,
+            message=message,
+        )
 
 
-def _predict_tiles(
-    model: TrainedModel,
-    normalized: np.ndarray,
-    tile_shape: tuple[int, ...] | None,
-    config: PredictConfig,
-    device: torch.device,
-    stop: threading.Event | None,
-    start: float,
-    message: str,
-) -> Generator[TileProgress, None, Prediction]:
-    """One tiled pass per plane of the model (2D networks may read three); the passes'
-    probabilities are averaged. ``tile_shape`` None: the default for each plane's view."""
-    memory_format = memory_format_for(model.network)
-    network = model.network.to(device, memory_format=memory_format).eval()
-    planes = _planes_of(model, normalized.shape)
-    n_classes = model.config.n_classes
-    passes = []
-    for axis in planes:
-        view = np.moveaxis(normalized, axis, 0)
-        tiles = tile_shape or default_tile_shape(model, view.shape)
-        passes.append((axis, view, GridSampler(view.shape, tiles, config.overlap)))
-    total = sum(len(sampler) for _, _, sampler in passes)
-    summed = summed_spread = None  # sums over the finished passes (several planes only)
-    amp = autocast_dtype(device, config.mixed_precision)
-    pin = device.type == "cuda"
-    complete = True
-    index = 0
-    try:
-        for number, (axis, view, sampler) in enumerate(passes, start=1):
-            plane = (
-                f"slices across {'zyx'[axis]} ({number}/{len(planes)})" if len(planes) > 1 else ""
-            )
-            aggregator = GaussianAggregator(n_classes, view.shape, sampler.tile_shape)
-            spread = None
-            if config.uncertainty:
-                spread = GaussianAggregator(1, view.shape, sampler.tile_shape)
-            for region in sampler:
-                if stop is not None and stop.is_set():
-                    complete = False
-                    break
-                tile = torch.from_numpy(np.ascontiguousarray(view[region]))[None, None]
-                if pin:
-                    tile = tile.pin_memory()
-                tile = tile.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
-                scores, disagree = _forward(network, tile, amp, config.mirror, config.uncertainty)
-                aggregator.add(region, scores[0].cpu().numpy())
-                if spread is not None and disagree is not None:
-                    spread.add(region, disagree.cpu().numpy())
-                index += 1
-                where = _to_volume_order(region, axis)
-                yield TileProgress(
-                    index,
-                    total,
-                    where,
-                    _live_labels(aggregator, region, axis, summed, where),
-                    time.perf_counter() - start,
-                    " · ".join(m for m in (message, plane) if m),
-                )
-                message = ""
-            if not complete:
-                break
-            if len(planes) == 1:
-                probabilities = aggregator.probabilities()
-                uncertainty = spread.probabilities()[0] if spread is not None else None
-                break
-            summed = _add_pass(summed, aggregator, axis)
-            if spread is not None:
-                summed_spread = _add_pass(summed_spread, spread, axis)
-    finally:
-        network.to("cpu", memory_format=torch.contiguous_format)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if not complete:  # labels of the finished tiles (or passes) only; not a result
-        if summed is None:
-            labels = np.moveaxis(aggregator.labels(), 0, axis)
-        else:
-            labels = np.argmax(summed, axis=0).astype(np.uint8)
-        return Prediction(labels, None, False, str(device), tuple(sampler.tile_shape))
-    if len(planes) > 1:
-        probabilities = np.divide(summed, np.float32(len(planes)), out=summed)  # in place
-        uncertainty = None
-        if summed_spread is not None:
-            uncertainty = np.divide(summed_spread[0], np.float32(len(planes)))
-    labels = np.argmax(probabilities, axis=0).astype(np.uint8)
+def _finished(
+    sums: PassSums, config: PredictConfig, device: torch.device, tile_shape: tuple[int, ...]
+) -> Prediction:
+    """The prediction of an attempt whose passes all finished: their average."""
+    probabilities, uncertainty = average_passes(sums)
     return Prediction(
-        labels,
-        probabilities if config.probabilities else None,
-        True,
-        str(device),
-        tuple(passes[0][2].tile_shape),
-        uncertainty,
+        labels=np.argmax(probabilities, axis=0).astype(np.uint8),
+        probabilities=probabilities if config.probabilities else None,
+        complete=True,
+        device=str(device),
+        tile_shape=tuple(tile_shape),
+        uncertainty=uncertainty,
     )
 
 
-def _add_pass(summed: np.ndarray | None, aggregator: GaussianAggregator, axis: int) -> np.ndarray:
-    """Add a finished pass's probabilities (in its view's order) to the running sum."""
-    probabilities = np.moveaxis(aggregator.probabilities(), 1, axis + 1)
-    if summed is None:
-        return np.ascontiguousarray(probabilities)
-    summed += probabilities
-    return summed
-
-
-def _live_labels(
-    aggregator: GaussianAggregator,
-    region: tuple[slice, ...],
-    axis: int,
-    summed: np.ndarray | None,
-    where: tuple[slice, ...],
-) -> np.ndarray:
-    """Labels of a finished tile for the live overlay, in the volume's axis order: this
-    pass's so far, plus the finished passes' (when the model reads several planes)."""
-    if summed is None:
-        return np.moveaxis(aggregator.labels(region), 0, axis)
-    weight = np.maximum(aggregator.weight[region], 1e-8)
-    current = np.moveaxis(aggregator.scores[(slice(None), *region)] / weight, 1, axis + 1)
-    return np.argmax(summed[(slice(None), *where)] + current, axis=0).astype(np.uint8)
-
-
-def predict_volume(
-    model: TrainedModel, image: np.ndarray, config: PredictConfig | None = None
+def _stopped(
+    sums: PassSums, current: PlaneScores, plane: PlaneView, device: torch.device
 ) -> Prediction:
-    """Run :func:`predict` to the end and return its :class:`Prediction`."""
-    return run_to_completion(predict(model, image, config))
+    """What a stopped attempt returns: labels of the finished passes, or of the first
+    pass's finished tiles; not a result."""
+    if sums.scores is None:
+        labels = np.moveaxis(current.scores.labels(), 0, plane.axis)
+    else:
+        labels = np.argmax(sums.scores, axis=0).astype(np.uint8)
+    return Prediction(
+        labels=labels,
+        probabilities=None,
+        complete=False,
+        device=str(device),
+        tile_shape=tuple(plane.sampler.tile_shape),
+    )

@@ -14,7 +14,8 @@ from napari_medseg.device import autocast_dtype
 from napari_medseg.inference import PredictConfig, predict, predict_volume
 from napari_medseg.progress import run_to_completion
 from napari_medseg.synthetic import make_synthetic_case
-from napari_medseg.training import TrainConfig, _Optimisation, train
+from napari_medseg.training import TrainConfig, train
+from napari_medseg.training.optimisation import Optimisation
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -31,7 +32,7 @@ def _dice(labels: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
 
 def test_training_runs_on_the_gpu_in_mixed_precision(case, monkeypatch):
     seen = {}
-    real_step = _Optimisation.step
+    real_step = Optimisation.step
 
     def spy(self, images, targets, lr):
         seen["amp"] = self.amp_dtype
@@ -39,7 +40,7 @@ def test_training_runs_on_the_gpu_in_mixed_precision(case, monkeypatch):
         seen["param_device"] = next(self.network.parameters()).device.type
         return real_step(self, images, targets, lr)
 
-    monkeypatch.setattr(_Optimisation, "step", spy)
+    monkeypatch.setattr(Optimisation, "step", spy)
     config = TrainConfig(iterations=150, time_budget=None, device="cuda", seed=0)
     model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing))
     assert seen == {

@@ -65,15 +65,12 @@ def test_huge_declared_size_refused_before_allocating(tmp_path, name):
     path.write_text(HUGE_HEADERS[name])
     rss_before = peak_rss_mb()
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(UnsafeFileError, match="100000 x 100000 x 100000"):
             read_volume(path)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 2.0
     assert peak < 5 * 2**20
     assert peak_rss_mb() - rss_before < 100
 
@@ -172,10 +169,8 @@ def test_gzip_bomb_claiming_gigabytes_from_kilobytes_is_refused(tmp_path):
     path.write_bytes(gzip.compress(nifti_bytes((700, 700, 700), bytes(1 << 20)), 9))
     assert path.stat().st_size < 10_000
     rss_before = peak_rss_mb()
-    start = time.perf_counter()
     with pytest.raises(UnsafeFileError, match="decompression bomb"):
         read_volume(path)
-    assert time.perf_counter() - start < 2.0
     assert peak_rss_mb() - rss_before < 100
 
 

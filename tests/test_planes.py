@@ -15,13 +15,8 @@ from napari_medseg.errors import MedsegInputError
 from napari_medseg.inference import PredictConfig, predict, predict_volume
 from napari_medseg.progress import run_to_completion
 from napari_medseg.synthetic import make_synthetic_case
-from napari_medseg.training import (
-    TrainConfig,
-    _make_batch,
-    _plane_samplers,
-    choose_planes,
-    train,
-)
+from napari_medseg.training import TrainConfig, choose_planes, plan_training, train
+from napari_medseg.training.loop import make_batch, plane_samplers
 
 SHAPE = (12, 16, 20)  # every axis a different length: a plane mix-up changes shapes
 
@@ -78,11 +73,13 @@ def test_batches_come_from_every_planes_view_with_its_spacing(case):
     target = case.annotation.astype(np.int64) - 1
     spacing = (1.0, 2.0, 3.0)
     config = TrainConfig(arch="unet2d", planes="three")
+    plan = plan_training(case.image, case.annotation, config, spacing=spacing)
+    assert plan.planes == (0, 1, 2)
     rng = np.random.default_rng(0)
-    samplers = _plane_samplers(config, normalized, target, spacing, (0, 1, 2), rng)
+    samplers = plane_samplers(plan, normalized, target, rng)
     assert [s.patch_shape for s, _ in samplers] == [(4, 16, 20), (4, 12, 20), (4, 12, 16)]
     assert [sp for _, sp in samplers] == [(1.0, 2.0, 3.0), (2.0, 1.0, 3.0), (3.0, 1.0, 2.0)]
-    shapes = {_make_batch(samplers, 2, None, rng)[0].shape[2:] for _ in range(40)}
+    shapes = {make_batch(samplers, 2, None, rng)[0].shape[2:] for _ in range(40)}
     assert shapes == {(4, 16, 20), (4, 12, 20), (4, 12, 16)}
     # a patch of the y view holds the volume's voxels with y first
     sampler = samplers[1][0]

@@ -11,10 +11,8 @@ end-to-end CLI in ``test_cli.py``. NaN loss and GPU out-of-memory retry are test
 
 from __future__ import annotations
 
-import ast
 import errno
 import gc
-import inspect
 import os
 import random
 import signal
@@ -32,7 +30,9 @@ import SimpleITK as sitk
 import tifffile
 import torch
 
-import napari_medseg.training as training
+import napari_medseg.training.loop as loop
+import napari_medseg.training.optimisation as optimisation
+from napari_medseg import _passes as passes
 from napari_medseg import api, inference
 from napari_medseg._atomic import TEMP_PREFIX
 from napari_medseg.annotation import validate_annotation
@@ -89,7 +89,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a network was built for input that should have been refused")
 
-    monkeypatch.setattr(training, "build_network", refuse)
+    monkeypatch.setattr(optimisation, "build_network", refuse)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -537,7 +537,7 @@ def test_disk_full_while_predicting_keeps_the_previous_segmentation(tmp_path, mo
 def _stop_inside_step(monkeypatch, stop: threading.Event, at_call: int) -> list[int]:
     """Set ``stop`` from inside the loss computation of step ``at_call`` (mid-step)."""
     calls = []
-    real = training.masked_cross_entropy
+    real = optimisation.masked_cross_entropy
 
     def loss(logits, target, weights=None):
         calls.append(len(calls) + 1)
@@ -545,7 +545,7 @@ def _stop_inside_step(monkeypatch, stop: threading.Event, at_call: int) -> list[
             stop.set()
         return real(logits, target, weights)
 
-    monkeypatch.setattr(training, "masked_cross_entropy", loss)
+    monkeypatch.setattr(optimisation, "masked_cross_entropy", loss)
     return calls
 
 
@@ -569,7 +569,7 @@ def test_stop_from_another_thread_while_a_step_runs(monkeypatch):
     image, annotation = tiny_case()
     stop = threading.Event()
     in_step, resume = threading.Event(), threading.Event()
-    real = training.masked_cross_entropy
+    real = optimisation.masked_cross_entropy
     calls = []
 
     def loss(logits, target, weights=None):
@@ -579,7 +579,7 @@ def test_stop_from_another_thread_while_a_step_runs(monkeypatch):
             assert resume.wait(60)
         return real(logits, target, weights)
 
-    monkeypatch.setattr(training, "masked_cross_entropy", loss)
+    monkeypatch.setattr(optimisation, "masked_cross_entropy", loss)
     gen = train(image, annotation, tiny_config(iterations=None, time_budget=3600.0), stop=stop)
     seen: list[int] = []
     after: list[int] = []
@@ -648,41 +648,58 @@ def test_memory_does_not_grow_across_training_runs():
     assert rss[-1] - rss[0] < 100.0, rss  # loose: allocators keep some pages
 
 
-def _calls_in(function) -> list[str]:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    return [ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)]
+def test_release_device_empties_the_cuda_cache_only(monkeypatch):
+    from napari_medseg.device import release_device
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    release_device(torch.device("cpu"))
+    assert emptied == []
+    release_device(torch.device("cuda"))
+    assert emptied == [True]
 
 
-def _finally_calls_in(function) -> list[str]:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    return [
-        ast.unparse(node.func)
-        for block in ast.walk(tree)
-        if isinstance(block, ast.Try)
-        for statement in block.finalbody
-        for node in ast.walk(statement)
-        if isinstance(node, ast.Call)
-    ]
+@pytest.mark.parametrize("how", ["done", "stopped", "closed", "failed", "out of memory"])
+def test_prediction_releases_its_device_however_it_ends(monkeypatch, model, how):
+    released = []
+    monkeypatch.setattr(inference, "release_device", lambda device: released.append(device))
+    if how == "out of memory":  # the first try fails on its first tile, the retry finishes
+        real_forward, calls = passes.forward, []
 
+        def out_of_memory_once(*args):
+            calls.append(args)
+            if len(calls) == 1:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            return real_forward(*args)
 
-def test_cuda_cache_is_emptied_after_training_and_prediction():
-    """Code review as a test (no GPU here): both loops give GPU memory back when they end."""
-    assert "run.release" in _finally_calls_in(training.train)  # stopped, failed or done
-    assert "torch.cuda.empty_cache" in _calls_in(training._Optimisation.release)
-    assert "torch.cuda.empty_cache" in _calls_in(inference._predict_tiles)
-    assert "torch.cuda.empty_cache" in _calls_in(inference.predict)  # after an OOM, too
+        monkeypatch.setattr(passes, "forward", out_of_memory_once)
+    stop = threading.Event()
+    image, _ = tiny_case()
+    tiles = (8, 16, 16) if how == "out of memory" else (8, 8, 8)  # an OOM halves them
+    gen = predict(model, image, PredictConfig(device="cpu", tile_shape=tiles), stop=stop)
+    next(gen)
+    assert released == ([torch.device("cpu")] if how == "out of memory" else [])
+    released.clear()  # not while the tiles are computed, once when a try ends
+    if how == "stopped":  # the user pressed Stop: the run ends after the current tile
+        stop.set()
+        assert not run_to_completion(gen).complete
+    elif how == "closed":  # the generator is dropped
+        gen.close()
+    elif how == "failed":
+        with pytest.raises(RuntimeError, match="boom"):
+            gen.throw(RuntimeError("boom"))
+    else:
+        assert run_to_completion(gen).complete
+    assert released == [torch.device("cpu")]
+    assert all(t.device.type == "cpu" for t in model.network.state_dict().values())
 
 
 @pytest.mark.parametrize("how", ["closed", "failed", "done"])
 def test_training_releases_its_device_memory_however_it_ends(monkeypatch, how):
+    """The network leaves the device and the device's cache is emptied (on CUDA:
+    ``torch.cuda.empty_cache``, see the test above) however training ends."""
     released = []
-    real_release = training._Optimisation.release
-
-    def release(self):
-        released.append(how)
-        real_release(self)
-
-    monkeypatch.setattr(training._Optimisation, "release", release)
+    monkeypatch.setattr(optimisation, "release_device", lambda device: released.append(how))
     image, annotation = tiny_case()
     gen = train(image, annotation, tiny_config(iterations=3))
     next(gen)
@@ -705,7 +722,7 @@ def test_training_uses_a_snapshot_of_the_annotation_and_image(monkeypatch):
     untouched = run_to_completion(train(image.copy(), annotation.copy(), config))
 
     targets_seen = []
-    real_sampler = training.AnnotatedPatchSampler
+    real_sampler = loop.AnnotatedPatchSampler
 
     class Spy(real_sampler):
         def __init__(self, norm_image, target, *args, **kwargs):
@@ -718,7 +735,7 @@ def test_training_uses_a_snapshot_of_the_annotation_and_image(monkeypatch):
             targets_seen.append(np.asarray(targets).copy())
             return images, targets
 
-    monkeypatch.setattr(training, "AnnotatedPatchSampler", Spy)
+    monkeypatch.setattr(loop, "AnnotatedPatchSampler", Spy)
     gen = train(image, annotation, config)
     first = next(gen)
     annotation[:] = 0  # the user erases everything ...

@@ -91,18 +91,18 @@ def test_stop_event_ends_training_with_a_usable_model():
 
 
 def test_nan_loss_stops_and_keeps_last_good_weights(monkeypatch):
-    import napari_medseg.training as training
+    import napari_medseg.training.optimisation as optimisation
 
     image, annotation, _ = _cube_case()
     calls = {"n": 0}
-    real = training.masked_cross_entropy
+    real = optimisation.masked_cross_entropy
 
     def flaky(logits, target, weights=None):
         calls["n"] += 1
         loss = real(logits, target, weights)
         return loss * float("nan") if calls["n"] > 12 else loss
 
-    monkeypatch.setattr(training, "masked_cross_entropy", flaky)
+    monkeypatch.setattr(optimisation, "masked_cross_entropy", flaky)
     gen = train(image, annotation, TrainConfig(iterations=50, time_budget=None, base_channels=4))
     items = []
     model = run_to_completion(gen, items.append)
@@ -168,13 +168,13 @@ def test_stopping_prediction_marks_it_incomplete():
 
 
 def test_cuda_out_of_memory_retries_with_smaller_tiles(monkeypatch):
-    import napari_medseg.inference as inference
+    import napari_medseg._passes as passes
 
     image, annotation, _ = _cube_case()
     model = run_to_completion(
         train(image, annotation, TrainConfig(iterations=1, time_budget=None, base_channels=4))
     )
-    real = inference._forward
+    real = passes.forward
     seen = []
 
     def oom_for_big_tiles(network, x, amp, mirror, uncertainty=False):
@@ -183,7 +183,7 @@ def test_cuda_out_of_memory_retries_with_smaller_tiles(monkeypatch):
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(network, x, amp, mirror, uncertainty)
 
-    monkeypatch.setattr(inference, "_forward", oom_for_big_tiles)
+    monkeypatch.setattr(passes, "forward", oom_for_big_tiles)
     messages = []
     result = run_to_completion(
         predict(model, image, PredictConfig(tile_shape=(16, 24, 24))),
@@ -192,6 +192,47 @@ def test_cuda_out_of_memory_retries_with_smaller_tiles(monkeypatch):
     assert result.complete and result.labels.shape == image.shape
     assert any("out of memory" in m for m in messages)
     assert max(s[-1] for s in seen[1:]) <= 12
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"overlap": 1.0}, "overlap must be between 0 and 1"),
+        ({"overlap": -0.1}, "overlap must be between 0 and 1"),
+        ({"overlap": float("nan")}, "overlap must be between 0 and 1"),
+        ({"tile_shape": (8, 0, 16)}, "tile sizes must be positive"),
+        ({"tile_shape": (8, 16, -4)}, "tile sizes must be positive"),
+        ({"device": "tpu"}, "device must be .*'tpu'"),
+    ],
+)
+def test_impossible_prediction_settings_are_refused_when_made(settings, match):
+    with pytest.raises(MedsegInputError, match=match):
+        PredictConfig(**settings)
+
+
+def test_possible_prediction_settings_are_kept():
+    for settings in ({"overlap": 0.0}, {"overlap": 0.95}, {"device": "mps"},
+                     {"tile_shape": (1, 1, 1)}):  # fmt: skip
+        config = PredictConfig(**settings)
+        assert all(getattr(config, k) == v for k, v in settings.items())
+
+
+def test_every_prediction_setting_has_a_one_line_help():
+    import dataclasses
+
+    for field in dataclasses.fields(PredictConfig):
+        text = field.metadata.get("help", "")
+        assert text and "\n" not in text and len(text) < 160, field.name
+
+
+def test_tile_progress_says_how_far_it_is():
+    from napari_medseg.inference import TileProgress
+
+    tile = TileProgress(index=3, total=12, region=(), labels=np.zeros(0), elapsed=0.0)
+    assert tile.fraction == 0.25 and tile.describe() == "tile 3/12"
+    tile.message = "slices across y (2/3)"
+    assert tile.describe() == "tile 3/12 slices across y (2/3)"
+    assert TileProgress(index=0, total=0, region=(), labels=tile.labels, elapsed=0).fraction == 0
 
 
 def test_two_dimensional_images_are_segmented():
@@ -223,19 +264,19 @@ def test_loss_weighting_is_chosen_from_the_painted_counts():
 def test_flips_are_used_for_a_lone_structure_on_thick_slices_only(
     monkeypatch, structures, spacing, setting, expected
 ):
-    import napari_medseg.training as training
+    import napari_medseg.training.loop as loop
 
     image, annotation, _ = _cube_case()
     if structures == 2:
         annotation[8, 1:4, 1:4] = 3  # a second structure painted on the axial slice
     seen = []
-    real_augment = training.augment
+    real_augment = loop.augment
 
     def spy(image, target, rng, config, spacing):
         seen.append((config.flips, config.rotate90))
         return real_augment(image, target, rng, config, spacing)
 
-    monkeypatch.setattr(training, "augment", spy)
+    monkeypatch.setattr(loop, "augment", spy)
     config = TrainConfig(iterations=2, time_budget=None, base_channels=4, flips=setting)
     model = run_to_completion(train(image, annotation, config, spacing=spacing))
     assert seen and set(seen) == {(expected, expected)}

@@ -6,7 +6,8 @@ checked, every automatic setting resolved into a frozen :class:`TrainingPlan`), 
 (:mod:`.loop`, one network at a time), then assembled with its history (:mod:`.run`).
 """
 
-from .config import Arch, Planes, TrainConfig, TrainProgress
+from ..models import Arch
+from .config import Planes, TrainConfig, TrainProgress
 from .defaults import (
     BASE_CHANNELS,
     FROZEN_BATCH_NORM_FRACTION,

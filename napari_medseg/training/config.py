@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..device import DeviceName
 from ..errors import MedsegInputError
-from ..models import MAX_MEMBERS
+from ..models import MAX_MEMBERS, Arch
 from ..options import check_choice, option
 
-Arch = Literal["unet3d", "unet2d", "fcn"]
 Planes = Literal["one", "three"]
 Flips = Literal["auto", "on", "off"]
-Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
 @dataclass
@@ -38,7 +37,7 @@ class TrainConfig:
         "training; a fixed seed and step count give the same model twice on a CPU)",
         none_text="no step limit", suggest=200, min=1, max=10**7, metavar="N",
     )
-    device: Device = option("auto", help="where to train: auto picks CUDA, then Apple MPS, "
+    device: DeviceName = option("auto", help="where to train: auto picks CUDA, then Apple MPS, "
                             "then the CPU")
     seed: int = option(0, help="seed of every random choice (patches, augmentation, weights)")
     base_channels: int | None = option(
@@ -144,6 +143,8 @@ class TrainProgress:
     message: str = ""
 
     def describe(self) -> str:
-        """One line for a progress bar: step, loss, seconds and any message."""
-        text = f"step {self.step} loss {self.loss:.3f} {self.elapsed:4.0f}s"
+        """One line for a progress bar: step (of the total when known), loss, seconds and any
+        message."""
+        step = f"{self.step}/{self.total_steps}" if self.total_steps else str(self.step)
+        text = f"step {step} loss {self.loss:.3f} {self.elapsed:4.0f}s"
         return f"{text} {self.message}".strip()

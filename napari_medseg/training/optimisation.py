@@ -7,9 +7,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from ..device import autocast_dtype, memory_format_for
+from ..device import autocast_dtype, memory_format_for, release_device
 from ..losses import masked_cross_entropy, masked_soft_dice
 from ..models import NetworkConfig, build_network
 from ..models.calibration import batch_norm_layers, recalibrate_batch_norm
@@ -30,7 +31,8 @@ class Optimisation:
         self.device = device
         self.network = build_network(net_config).to(device)
         self.memory_format = memory_format_for(self.network)
-        self.network.to(memory_format=self.memory_format)
+        # torch's stubs omit Module.to's documented memory_format keyword
+        self.network.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         self.network.train()
         self.weights = class_weights.to(device)
         self.optimizer = torch.optim.AdamW(
@@ -41,7 +43,7 @@ class Optimisation:
         self.pin = device.type == "cuda"
         self.last_good = copy.deepcopy(self.network.state_dict())
 
-    def _to_device(self, array: np.ndarray, dtype: np.dtype) -> torch.Tensor:
+    def _to_device(self, array: np.ndarray, dtype: npt.DTypeLike) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
         if self.pin:
             tensor = tensor.pin_memory()
@@ -97,6 +99,5 @@ class Optimisation:
     def release(self) -> None:
         """Eval mode, back to the CPU, device memory freed."""
         self.network.eval()
-        self.network.to("cpu", memory_format=torch.contiguous_format)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self.network.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        release_device(self.device)
