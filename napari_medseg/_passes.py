@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import torch
 
-from .device import autocast_dtype, memory_format_for
+from .device import autocast_dtype, memory_format_for, place
 from .errors import MedsegError
+from .models import Ensemble
 from .tiling import GaussianAggregator, GridSampler
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ def forward(
     with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         if not uncertainty:
             return _mirrored_softmax(network, x, mirror), None
+        assert isinstance(network, Ensemble)  # predict() refuses uncertainty otherwise
         members = torch.stack([_mirrored_softmax(m, x, mirror) for m in network.members])
         return members.mean(0), disagreement(members)
 
@@ -107,7 +109,7 @@ class TileComputer:
     ) -> TileComputer:
         """Move ``model``'s network to ``device``, in its fastest layout, to compute there."""
         memory_format = memory_format_for(model.network)
-        network = model.network.to(device, memory_format=memory_format).eval()
+        network = place(model.network, device, memory_format).eval()
         return cls(
             network=network,
             device=device,
@@ -208,7 +210,8 @@ def live_labels(
     weight = np.maximum(scores.weight[region], 1e-8)
     current = np.moveaxis(scores.scores[(slice(None), *region)] / weight, 1, axis + 1)
     where = to_volume_order(region, axis)
-    return np.argmax(earlier[(slice(None), *where)] + current, axis=0).astype(np.uint8)
+    labels: np.ndarray = np.argmax(earlier[(slice(None), *where)] + current, axis=0)
+    return labels.astype(np.uint8)
 
 
 @dataclass

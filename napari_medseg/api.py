@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +49,7 @@ def check_same_geometry(image: Volume, other: Volume, what: str, reference: str 
             f"{what} spacing {_fmt(other.spacing)} differs from {reference} spacing "
             f"{_fmt(image.spacing)}"
         )
-    if not np.allclose(image.direction, other.direction, atol=1e-3):
+    if not np.allclose(image.direction_matrix, other.direction_matrix, atol=1e-3):
         raise MedsegInputError(f"{what} orientation (direction) differs from the {reference}'s")
     scale = max(1.0, float(np.max(np.abs(image.spacing))))
     if not np.allclose(image.origin, other.origin, atol=1e-2 * scale):
@@ -59,7 +59,7 @@ def check_same_geometry(image: Volume, other: Volume, what: str, reference: str 
         )
 
 
-def _fmt(values) -> str:
+def _fmt(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 

@@ -28,9 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
 IGNORE = -1
+
+FloatArray = npt.NDArray[np.float32]  # image patches (C, D, H, W)
+IntArray = npt.NDArray[np.int64]  # targets (D, H, W), -1 = ignored
+Float64Array = npt.NDArray[np.float64]  # displacement fields, coordinates, matrices
 
 
 @dataclass
@@ -140,7 +145,7 @@ def rotation_planes(shape: Sequence[int], spacing: Sequence[float]) -> list[tupl
 
 
 @functools.lru_cache(maxsize=64)
-def _spline_matrix(size: int, points: int) -> np.ndarray:
+def _spline_matrix(size: int, points: int) -> Float64Array:
     """``(size, points)`` matrix: cubic B-spline interpolation of ``points`` control values
     spread evenly over ``size`` voxels (first and last voxel on the end points)."""
     if size == 1:
@@ -157,7 +162,7 @@ def _spline_matrix(size: int, points: int) -> np.ndarray:
     return matrix
 
 
-def smooth_displacement(shape: Sequence[int], coarse: np.ndarray) -> np.ndarray:
+def smooth_displacement(shape: Sequence[int], coarse: Float64Array) -> Float64Array:
     """Interpolate a coarse ``(3, g, g, g)`` displacement grid to ``(3, *shape)``.
 
     Separable cubic B-spline interpolation, the same as ``scipy.ndimage.zoom(order=3)`` of
@@ -166,9 +171,10 @@ def smooth_displacement(shape: Sequence[int], coarse: np.ndarray) -> np.ndarray:
     """
     g = coarse.shape[1]
     mz, my, mx = (_spline_matrix(int(s), g) for s in shape)
-    field = np.einsum("nabc,wc->nabw", coarse, mx)  # (3, g, g, W)
+    field: Float64Array = np.einsum("nabc,wc->nabw", coarse, mx)  # (3, g, g, W)
     field = np.einsum("nabw,hb->nahw", field, my)  # (3, g, H, W)
-    return np.einsum("nahw,da->ndhw", field, mz)  # (3, D, H, W)
+    field = np.einsum("nahw,da->ndhw", field, mz)  # (3, D, H, W)
+    return field
 
 
 def random_displacement(
@@ -177,7 +183,7 @@ def random_displacement(
     sigma_voxels: float,
     points: int = 3,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> np.ndarray:
+) -> Float64Array:
     """Random smooth displacement field ``(3, D, H, W)`` in voxels.
 
     Control vectors on a ``points``-per-axis grid are drawn from a normal distribution
@@ -202,7 +208,7 @@ def scaling_axes(shape: Sequence[int], spacing: Sequence[float]) -> list[int]:
     return [a for a, (sp, n) in enumerate(zip(spacing, shape)) if n > 1 and _same(sp, finest)]
 
 
-def _scaling_matrix(axes: Sequence[int], zoom: float) -> np.ndarray:
+def _scaling_matrix(axes: Sequence[int], zoom: float) -> Float64Array:
     """Matrix on output coordinates that magnifies the content ``zoom`` times along ``axes``."""
     m = np.eye(3)
     for a in axes:
@@ -210,7 +216,7 @@ def _scaling_matrix(axes: Sequence[int], zoom: float) -> np.ndarray:
     return m
 
 
-def _rotation_matrix(plane: tuple[int, int], angle: float) -> np.ndarray:
+def _rotation_matrix(plane: tuple[int, int], angle: float) -> Float64Array:
     m = np.eye(3)
     a, b = plane
     c, s = math.cos(angle), math.sin(angle)
@@ -219,10 +225,10 @@ def _rotation_matrix(plane: tuple[int, int], angle: float) -> np.ndarray:
 
 
 def resample(
-    image: np.ndarray,
-    target: np.ndarray,
-    coords: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+    image: FloatArray,
+    target: IntArray,
+    coords: Float64Array,
+) -> tuple[FloatArray, IntArray]:
     """Sample ``image`` (linear) and ``target`` (nearest) at voxel coordinates ``coords``.
 
     Parameters
@@ -257,9 +263,9 @@ def resample(
 
 def elastic_coordinates(
     shape: tuple[int, int, int],
-    displacement: np.ndarray | None = None,
-    linear: np.ndarray | None = None,
-) -> np.ndarray:
+    displacement: Float64Array | None = None,
+    linear: Float64Array | None = None,
+) -> Float64Array:
     """Sampling coordinates ``(3, D, H, W)``: identity grid, transformed about the centre
     (rotation, scaling), then displaced.
 
@@ -282,7 +288,7 @@ def elastic_coordinates(
     return grid
 
 
-def _intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def _intensity(image: FloatArray, rng: np.random.Generator, cfg: AugmentConfig) -> FloatArray:
     for c in range(image.shape[0]):
         channel = image[c]
         if cfg.gamma > 0:
@@ -304,13 +310,104 @@ def _intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
     return image
 
 
+def _checked_inputs(
+    image: npt.ArrayLike, target: npt.ArrayLike, spacing: Sequence[float]
+) -> tuple[FloatArray, IntArray, tuple[float, float, float]]:
+    """``image`` as float32, ``target`` as int64 and ``spacing`` as 3 floats, or ValueError."""
+    image = np.asarray(image)
+    target = np.asarray(target)
+    if image.ndim != 4 or target.ndim != 3 or image.shape[1:] != target.shape:
+        raise ValueError(
+            f"expected image (C, D, H, W) and target (D, H, W) of the same spatial shape, got "
+            f"{image.shape} and {target.shape}"
+        )
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing must be 3 positive numbers, got {values!r}")
+    return (
+        image.astype(np.float32, copy=False),
+        target.astype(np.int64, copy=False),
+        (values[0], values[1], values[2]),
+    )
+
+
+def _random_flips(
+    image: FloatArray, target: IntArray, rng: np.random.Generator
+) -> tuple[FloatArray, IntArray]:
+    """Flip each spatial axis with probability 0.5 (one draw per axis)."""
+    axes = [a for a in range(3) if rng.random() < 0.5]
+    if axes:
+        image = np.flip(image, axis=tuple(a + 1 for a in axes))
+        target = np.flip(target, axis=tuple(axes))
+    return image, target
+
+
+def _random_rot90(
+    image: FloatArray, target: IntArray, rng: np.random.Generator, spacing: Sequence[float]
+) -> tuple[FloatArray, IntArray]:
+    """Rotate by a random multiple of 90 degrees in every plane that keeps shape and spacing."""
+    for a, b in rot90_planes(target.shape, spacing):
+        k = int(rng.integers(4))
+        if k:
+            image = np.rot90(image, k, axes=(a + 1, b + 1))
+            target = np.rot90(target, k, axes=(a, b))
+    return image, target
+
+
+def _random_elastic(
+    shape: tuple[int, ...], rng: np.random.Generator, cfg: AugmentConfig, spacing: Sequence[float]
+) -> Float64Array | None:
+    """The elastic displacement field, drawn with ``cfg.elastic_probability``, or ``None``."""
+    if cfg.elastic and cfg.elastic_sigma_voxels > 0 and rng.random() < cfg.elastic_probability:
+        return random_displacement(
+            shape, rng, cfg.elastic_sigma_voxels, cfg.elastic_grid_points, spacing
+        )
+    return None
+
+
+def _random_rotation(
+    shape: tuple[int, ...], rng: np.random.Generator, cfg: AugmentConfig, spacing: Sequence[float]
+) -> Float64Array | None:
+    """A small rotation in a plane of equal spacing, with ``cfg.rotation_probability``."""
+    planes = rotation_planes(shape, spacing)
+    if cfg.rotation_degrees > 0 and planes and rng.random() < cfg.rotation_probability:
+        # anisotropic scans: only the in-plane (y, x); isotropic: a random plane
+        plane = planes[int(rng.integers(len(planes)))]
+        angle = math.radians(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees))
+        return _rotation_matrix(plane, angle)
+    return None
+
+
+def _random_scaling(
+    shape: tuple[int, ...], rng: np.random.Generator, cfg: AugmentConfig, spacing: Sequence[float]
+) -> Float64Array | None:
+    """A log-uniform zoom along the finest axes, with ``cfg.scale_probability``."""
+    low, high = cfg.scale_range
+    axes = scaling_axes(shape, spacing)
+    if (low, high) != (1.0, 1.0) and axes and rng.random() < cfg.scale_probability:
+        zoom = math.exp(rng.uniform(math.log(low), math.log(high)))
+        return _scaling_matrix(axes, zoom)
+    return None
+
+
+def _random_linear(
+    shape: tuple[int, ...], rng: np.random.Generator, cfg: AugmentConfig, spacing: Sequence[float]
+) -> Float64Array | None:
+    """Rotation, then scaling, folded into one ``(3, 3)`` matrix (``None``: neither drawn)."""
+    rotation = _random_rotation(shape, rng, cfg, spacing)
+    scaling = _random_scaling(shape, rng, cfg, spacing)
+    if scaling is None:
+        return rotation
+    return scaling if rotation is None else rotation @ scaling
+
+
 def augment(
     image: np.ndarray,
     target: np.ndarray,
     rng: np.random.Generator,
     cfg: AugmentConfig,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[FloatArray, IntArray]:
     """Randomly augment one training patch and its target, consistently.
 
     Order: flips, 90-degree rotations, elastic deformation + small rotation + scaling (one
@@ -342,52 +439,14 @@ def augment(
     ValueError
         If the shapes do not match or the spacing is not 3 positive numbers.
     """
-    image = np.asarray(image)
-    target = np.asarray(target)
-    if image.ndim != 4 or target.ndim != 3 or image.shape[1:] != target.shape:
-        raise ValueError(
-            f"expected image (C, D, H, W) and target (D, H, W) of the same spatial shape, got "
-            f"{image.shape} and {target.shape}"
-        )
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be 3 positive numbers, got {spacing!r}")
-    image = image.astype(np.float32, copy=False)
-    target = target.astype(np.int64, copy=False)
-
+    image, target, spacing = _checked_inputs(image, target, spacing)
     if cfg.flips:
-        axes = [a for a in range(3) if rng.random() < 0.5]
-        if axes:
-            image = np.flip(image, axis=[a + 1 for a in axes])
-            target = np.flip(target, axis=axes)
-
+        image, target = _random_flips(image, target, rng)
     if cfg.rotate90:
-        for a, b in rot90_planes(target.shape, spacing):
-            k = int(rng.integers(4))
-            if k:
-                image = np.rot90(image, k, axes=(a + 1, b + 1))
-                target = np.rot90(target, k, axes=(a, b))
-
+        image, target = _random_rot90(image, target, rng, spacing)
     shape = target.shape
-    displacement = None
-    if cfg.elastic and cfg.elastic_sigma_voxels > 0 and rng.random() < cfg.elastic_probability:
-        displacement = random_displacement(
-            shape, rng, cfg.elastic_sigma_voxels, cfg.elastic_grid_points, spacing
-        )
-    rotation = None
-    planes = rotation_planes(shape, spacing)
-    if cfg.rotation_degrees > 0 and planes and rng.random() < cfg.rotation_probability:
-        # anisotropic scans: only the in-plane (y, x); isotropic: a random plane
-        plane = planes[int(rng.integers(len(planes)))]
-        angle = math.radians(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees))
-        rotation = _rotation_matrix(plane, angle)
-    linear = rotation
-    low, high = cfg.scale_range
-    axes = scaling_axes(shape, spacing)
-    if (low, high) != (1.0, 1.0) and axes and rng.random() < cfg.scale_probability:
-        zoom = math.exp(rng.uniform(math.log(low), math.log(high)))
-        scaling = _scaling_matrix(axes, zoom)
-        linear = scaling if linear is None else linear @ scaling
+    displacement = _random_elastic(shape, rng, cfg, spacing)
+    linear = _random_linear(shape, rng, cfg, spacing)
     if displacement is not None or linear is not None:
         coords = elastic_coordinates(shape, displacement, linear)
         image, target = resample(np.ascontiguousarray(image), target, coords)  # new arrays

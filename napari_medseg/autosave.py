@@ -60,6 +60,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,7 +187,7 @@ def image_fingerprint(image: np.ndarray, samples: int = _FINGERPRINT_SAMPLES) ->
 def _checksum(annotation: np.ndarray) -> str:
     """Cheap checksum of the annotation's content (CRC-32 plus shape and type)."""
     data = np.ascontiguousarray(annotation)
-    crc = zlib.crc32(memoryview(data).cast("B")) if data.size else 0
+    crc = zlib.crc32(data.data.cast("B")) if data.size else 0
     return f"{crc:08x}-{data.dtype.str}-{'x'.join(map(str, data.shape))}"
 
 
@@ -319,7 +320,8 @@ class AutosaveStore:
             }
             meta_bytes = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
             with atomic_write(path, "wb") as handle:
-                np.savez_compressed(handle, **{_ANNOTATION: array, _META: meta_bytes})
+                arrays: dict[str, Any] = {_ANNOTATION: array, _META: meta_bytes}
+                np.savez_compressed(handle, **arrays)
             with contextlib.suppress(OSError):
                 os.chmod(path, 0o600)
             self._last_checksum[key] = checksum

@@ -192,7 +192,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
 ANNOTATION_HELP = "sparse annotation: 0 = not annotated, 1 = background, k+1 = structure k"
 
 
-def _add_train_parser(sub: argparse._SubParsersAction) -> None:
+def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="train a network on a sparse annotation")
     p.add_argument("image", help="the image to learn from (any format medseg reads)")
     p.add_argument("annotation", help=ANNOTATION_HELP)
@@ -205,7 +205,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 _TIME_HELP = "wall-clock training time (default: 60 s unless --iterations is given)"
 
 
-def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .inference import PredictConfig
 
     p = sub.add_parser("predict", help="segment an image with a trained model")
@@ -239,7 +239,7 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("evaluate", help="compare a segmentation with an expert mask")
     p.add_argument("segmentation", help="0 = background, k = structure k")
     p.add_argument("expert_mask", help="the reference, same convention and grid")
@@ -253,7 +253,7 @@ def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
+def _add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("demo", help="the whole loop headless on bundled sample data")
     p.add_argument(
         "--case",
@@ -266,7 +266,7 @@ def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _add_crossval_parser(sub: argparse._SubParsersAction) -> None:
+def _add_crossval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .crossval import CrossValConfig
 
     p = sub.add_parser(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .checkpoint import TrainedModel
+from .device import DeviceName
 from .errors import MedsegInputError
 from .inference import PredictConfig, predict
 from .metrics import EvaluationResult, evaluate
@@ -75,10 +77,10 @@ def threshold_baseline(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
 
 def run_demo(
     case: str = "synthetic",
-    time_budget: float = 60.0,
-    device: str = "auto",
+    time_budget: float | None = 60.0,
+    device: DeviceName = "auto",
     seed: int = 0,
-    print_fn=print,
+    print_fn: Callable[[str], object] = print,
 ) -> tuple[EvaluationResult, EvaluationResult, TrainedModel]:
     """Train on the case's sparse annotation, predict, and score the voxels nobody annotated.
 

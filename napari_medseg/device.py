@@ -122,6 +122,21 @@ def memory_format_for(network: torch.nn.Module) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def place(
+    network: torch.nn.Module,
+    device: torch.device | str | None,
+    memory_format: torch.memory_format,
+) -> torch.nn.Module:
+    """Move ``network`` to ``device`` (``None``: where it is) in ``memory_format``.
+
+    torch's type stubs leave out ``Module.to``'s documented ``memory_format``; this is the one
+    place that says so.
+    """
+    if device is None:
+        return network.to(memory_format=memory_format)  # type: ignore[call-overload,no-any-return]
+    return network.to(device, memory_format=memory_format)  # type: ignore[call-overload,no-any-return]
+
+
 def release_device(device: torch.device) -> None:
     """Give the memory cached on ``device`` back once work there has ended (CUDA only: the
     other devices keep no cache to return)."""

@@ -30,7 +30,7 @@ from ._passes import (
     plane_pass,
     plane_views,
 )
-from .device import DeviceName, release_device, resolve_device
+from .device import DeviceName, place, release_device, resolve_device
 from .errors import MedsegError, MedsegInputError
 from .model import TrainedModel
 from .models import Ensemble
@@ -310,7 +310,7 @@ def _all_planes(
                 break
             sums.add(done, plane.axis)
     finally:
-        model.network.to("cpu", memory_format=torch.contiguous_format)
+        place(model.network, "cpu", torch.contiguous_format)
         release_device(attempt.device)
     if stopped is not None:
         return stopped

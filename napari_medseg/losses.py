@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -55,7 +57,9 @@ def masked_soft_dice(
     return 1.0 - dice[1:].mean()
 
 
-def class_weights_from_counts(counts: list[int] | torch.Tensor, power: float = 0.5) -> torch.Tensor:
+def class_weights_from_counts(
+    counts: Sequence[int] | torch.Tensor, power: float = 0.5
+) -> torch.Tensor:
     """Inverse-frequency class weights ``(total / count) ** power``, normalised to mean 1.
 
     Classes with no annotated voxel get weight 0.

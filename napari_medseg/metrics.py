@@ -26,31 +26,35 @@ the image, so it serves as the "worst possible" distance. With an empty predicti
 non-empty reference, SA follows its formula and gives exactly 0; with an empty reference
 and a non-empty prediction the formula would divide by zero, and SA is defined as 0.
 
-Surface-distance definitions: HD95 is the larger of the two directed 95th percentiles
-(as in MedPy's ``hd95``); ASSD is the mean over the surface voxels of *both* masks of
-the distance to the other surface. Surfaces use 6-connectivity; the image border counts
-as outside.
-
-Surface distances with a ``mask``
----------------------------------
-Both masks are first restricted to the scored voxels. A voxel of a restricted mask is a
-*surface* voxel when one of its 6-neighbours is a scored voxel outside that mask (or lies
-outside the image). Neighbours that are not scored do not make a surface: cutting the
-structure with an annotated slice does not create artificial faces that would match
-trivially in both masks. A restricted mask whose voxels are all interior in that sense
-(possible only when it is surrounded by unscored voxels) uses all its voxels as surface.
+Surface distances (HD95, ASSD; their definitions, and how a ``mask`` cuts a surface) live
+in :mod:`napari_medseg.metrics_surface`; the result classes of :func:`evaluate` in
+:mod:`napari_medseg.metrics_result`. Both are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from ._metrics_inputs import (
+    _check_label_map,
+    _check_same_shape,
+    _overlap_counts,
+    _prepare,
+    _spacing,
+)
 from .errors import MedsegInputError
+from .metrics_result import ClassMetrics, EvaluationResult, MeanMetrics
+from .metrics_surface import (
+    _assd_of,
+    _empty_distance,
+    _hd95_of,
+    average_symmetric_surface_distance,
+    hausdorff95,
+    surface_distances,
+)
 
 __all__ = [
     "ClassMetrics",
@@ -66,54 +70,6 @@ __all__ = [
     "segmentation_accuracy",
     "surface_distances",
 ]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _check_same_shape(a: np.ndarray, b: np.ndarray, what: str = "prediction and reference") -> None:
-    if tuple(np.shape(a)) != tuple(np.shape(b)):
-        raise MedsegInputError(
-            f"{what} shapes differ: {tuple(np.shape(a))} vs {tuple(np.shape(b))}"
-        )
-
-
-def _prepare(
-    pred_mask: np.ndarray, ref_mask: np.ndarray, mask: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Validate shapes and return boolean prediction/reference restricted to ``mask``."""
-    pred = np.asarray(pred_mask).astype(bool, copy=False)
-    ref = np.asarray(ref_mask).astype(bool, copy=False)
-    _check_same_shape(pred, ref)
-    if mask is None:
-        return pred, ref, None
-    scored = np.asarray(mask).astype(bool, copy=False)
-    _check_same_shape(scored, ref, "scoring mask and reference")
-    return pred & scored, ref & scored, scored
-
-
-def _spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
-    if spacing is None:
-        return (1.0,) * ndim
-    values = tuple(float(s) for s in spacing)
-    if len(values) != ndim:
-        raise MedsegInputError(f"spacing {values} has {len(values)} values for a {ndim}D array")
-    if not all(math.isfinite(s) and s > 0 for s in values):
-        raise MedsegInputError(f"spacing {values} must hold positive finite numbers (mm)")
-    return values
-
-
-def _diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
-    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing))))
-
-
-def _overlap_counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
-    """Return ``(|pred & ref|, |pred|, |ref|)``."""
-    return (
-        int(np.count_nonzero(pred & ref)),
-        int(np.count_nonzero(pred)),
-        int(np.count_nonzero(ref)),
-    )
 
 
 # --------------------------------------------------------------------------- overlap
@@ -193,150 +149,6 @@ def segmentation_accuracy(
     return (1.0 - errors / n_ref) * 100.0
 
 
-# --------------------------------------------------------------------------- surfaces
-
-
-def _surface(region: np.ndarray, scored: np.ndarray | None) -> np.ndarray:
-    """Surface voxels of ``region`` (see the module docstring for the masked case)."""
-    if not region.any():
-        return region
-    structure = ndimage.generate_binary_structure(region.ndim, 1)
-    solid = region if scored is None else region | ~scored
-    interior = ndimage.binary_erosion(solid, structure=structure, border_value=0)
-    surface = region & ~interior
-    return surface if surface.any() else region
-
-
-def _crop_box(pred: np.ndarray, ref: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """Bounding box of ``pred | ref`` expanded by ``margin`` voxels, clipped to the array."""
-    union = pred | ref
-    box = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(union, axis=other))
-        box.append(slice(max(0, hits[0] - margin), min(union.shape[axis], hits[-1] + 1 + margin)))
-    return tuple(box)
-
-
-def surface_distances(
-    pred_mask: np.ndarray,
-    ref_mask: np.ndarray,
-    spacing: Sequence[float] | None = None,
-    mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Directed surface distances between two non-empty masks, in mm.
-
-    Parameters
-    ----------
-    pred_mask, ref_mask : np.ndarray
-        Binary prediction and reference of the same shape.
-    spacing : sequence of float, optional
-        Voxel size per array axis in mm (default 1 mm).
-    mask : np.ndarray, optional
-        Boolean array: only these voxels are scored.
-
-    Returns
-    -------
-    tuple of np.ndarray or None
-        ``(pred_to_ref, ref_to_pred)``: for each surface voxel of one mask, the distance to
-        the nearest surface voxel of the other. ``None`` when either mask is empty (after
-        restriction to ``mask``).
-    """
-    pred, ref, scored = _prepare(pred_mask, ref_mask, mask)
-    sampling = _spacing(spacing, pred.ndim)
-    if not pred.any() or not ref.any():
-        return None
-    box = _crop_box(pred, ref)
-    pred, ref = pred[box], ref[box]
-    scored = None if scored is None else scored[box]
-    surf_pred, surf_ref = _surface(pred, scored), _surface(ref, scored)
-    to_ref = ndimage.distance_transform_edt(~surf_ref, sampling=sampling)
-    to_pred = ndimage.distance_transform_edt(~surf_pred, sampling=sampling)
-    return to_ref[surf_pred], to_pred[surf_ref]
-
-
-def _empty_distance(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None, mask: np.ndarray | None
-) -> float:
-    """Defined distance when at least one mask is empty: 0 if both, else the diagonal."""
-    p, r, _ = _prepare(pred, ref, mask)
-    if not p.any() and not r.any():
-        return 0.0
-    return _diagonal_mm(p.shape, _spacing(spacing, p.ndim))
-
-
-def _hd95_of(dists: tuple[np.ndarray, np.ndarray]) -> float:
-    return float(max(np.percentile(dists[0], 95), np.percentile(dists[1], 95)))
-
-
-def _assd_of(dists: tuple[np.ndarray, np.ndarray]) -> float:
-    return float(dists[0].sum() + dists[1].sum()) / (dists[0].size + dists[1].size)
-
-
-def hausdorff95(
-    pred_mask: np.ndarray,
-    ref_mask: np.ndarray,
-    spacing: Sequence[float] | None = None,
-    mask: np.ndarray | None = None,
-) -> float:
-    """95th-percentile symmetric Hausdorff distance in mm.
-
-    The larger of the two directed 95th percentiles (prediction surface to reference
-    surface and back), as in MedPy's ``hd95``.
-
-    Parameters
-    ----------
-    pred_mask, ref_mask : np.ndarray
-        Binary prediction and reference of the same shape.
-    spacing : sequence of float, optional
-        Voxel size per array axis in mm (default 1 mm).
-    mask : np.ndarray, optional
-        Boolean array: only these voxels are scored (see the module docstring).
-
-    Returns
-    -------
-    float
-        Distance in mm; ``0.0`` when both are empty, the image diagonal in mm when only
-        one is.
-    """
-    dists = surface_distances(pred_mask, ref_mask, spacing, mask)
-    if dists is None:
-        return _empty_distance(pred_mask, ref_mask, spacing, mask)
-    return _hd95_of(dists)
-
-
-def average_symmetric_surface_distance(
-    pred_mask: np.ndarray,
-    ref_mask: np.ndarray,
-    spacing: Sequence[float] | None = None,
-    mask: np.ndarray | None = None,
-) -> float:
-    """Average symmetric surface distance (ASSD) in mm.
-
-    The mean over the surface voxels of both masks of the distance to the other mask's
-    surface: ``(sum d(P->R) + sum d(R->P)) / (|S_P| + |S_R|)``.
-
-    Parameters
-    ----------
-    pred_mask, ref_mask : np.ndarray
-        Binary prediction and reference of the same shape.
-    spacing : sequence of float, optional
-        Voxel size per array axis in mm (default 1 mm).
-    mask : np.ndarray, optional
-        Boolean array: only these voxels are scored (see the module docstring).
-
-    Returns
-    -------
-    float
-        Distance in mm; ``0.0`` when both are empty, the image diagonal in mm when only
-        one is.
-    """
-    dists = surface_distances(pred_mask, ref_mask, spacing, mask)
-    if dists is None:
-        return _empty_distance(pred_mask, ref_mask, spacing, mask)
-    return _assd_of(dists)
-
-
 # --------------------------------------------------------------------------- per slice
 
 
@@ -405,164 +217,6 @@ def per_slice_dice(
 
 
 # --------------------------------------------------------------------------- evaluate
-
-
-@dataclass
-class ClassMetrics:
-    """Metrics of one structure.
-
-    ``hd95_mm`` and ``assd_mm`` are ``None`` when surface distances were not computed.
-    """
-
-    dice: float
-    jaccard: float
-    sa: float
-    hd95_mm: float | None
-    assd_mm: float | None
-    n_reference: int
-    n_predicted: int
-
-    def to_dict(self) -> dict[str, float | int | None]:
-        """Plain, JSON-serialisable dictionary."""
-        return {
-            "dice": float(self.dice),
-            "jaccard": float(self.jaccard),
-            "sa": float(self.sa),
-            "hd95_mm": None if self.hd95_mm is None else float(self.hd95_mm),
-            "assd_mm": None if self.assd_mm is None else float(self.assd_mm),
-            "n_reference": int(self.n_reference),
-            "n_predicted": int(self.n_predicted),
-        }
-
-
-@dataclass
-class MeanMetrics:
-    """Unweighted means over the structures (``1, 1, 100`` when there is none)."""
-
-    dice: float
-    jaccard: float
-    sa: float
-
-    def to_dict(self) -> dict[str, float]:
-        """Plain, JSON-serialisable dictionary."""
-        return {"dice": float(self.dice), "jaccard": float(self.jaccard), "sa": float(self.sa)}
-
-
-@dataclass
-class EvaluationResult:
-    """Metrics of every structure of a segmentation against a reference.
-
-    Attributes
-    ----------
-    classes : dict of int to ClassMetrics
-        One entry per structure label.
-    mean : MeanMetrics
-        Means of Dice, Jaccard and SA over the structures.
-    class_names : dict of int to str
-        Optional display names per label.
-    """
-
-    classes: dict[int, ClassMetrics]
-    mean: MeanMetrics
-    class_names: dict[int, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, dict]:
-        """``{"classes": {"1": {...}, ...}, "mean": {"dice", "jaccard", "sa"}}``, JSON-ready."""
-        return {
-            "classes": {str(k): m.to_dict() for k, m in sorted(self.classes.items())},
-            "mean": self.mean.to_dict(),
-        }
-
-    def _rows(self) -> tuple[list[str], list[list[str]]]:
-        header = [
-            "class",
-            "name",
-            "Dice",
-            "Jaccard",
-            "SA %",
-            "HD95 mm",
-            "ASSD mm",
-            "n_ref",
-            "n_pred",
-        ]
-        rows = []
-        for k, m in sorted(self.classes.items()):
-            rows.append(
-                [
-                    str(k),
-                    self.class_names.get(k, f"structure {k}"),
-                    f"{m.dice:.4f}",
-                    f"{m.jaccard:.4f}",
-                    f"{m.sa:.2f}",
-                    _fmt_mm(m.hd95_mm),
-                    _fmt_mm(m.assd_mm),
-                    str(m.n_reference),
-                    str(m.n_predicted),
-                ]
-            )
-        mean = self.mean
-        rows.append(
-            [
-                "mean",
-                "",
-                f"{mean.dice:.4f}",
-                f"{mean.jaccard:.4f}",
-                f"{mean.sa:.2f}",
-                "",
-                "",
-                "",
-                "",
-            ]
-        )
-        return header, rows
-
-    def to_markdown(self) -> str:
-        """A Markdown table: one row per structure and a final row of means."""
-        header, rows = self._rows()
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        return "\n".join(lines)
-
-    def format_table(self) -> str:
-        """A plain-text table with aligned columns, for terminals and log files."""
-        header, rows = self._rows()
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
-        lines = [fmt.format(*header), "  ".join("-" * w for w in widths)]
-        lines += [fmt.format(*row) for row in rows]
-        return "\n".join(line.rstrip() for line in lines)
-
-
-def _fmt_mm(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
-def _check_label_map(array: np.ndarray, what: str) -> None:
-    """Refuse anything but whole non-negative numbers (an image given instead of a mask)."""
-    kind = array.dtype.kind
-    if kind == "b" or array.size == 0:
-        return
-    if kind not in "iuf":
-        raise MedsegInputError(f"the {what} is not a label map: voxel type {array.dtype}")
-    if kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            raise MedsegInputError(
-                f"the {what} is not a label map: it holds NaN or infinite values"
-            )
-        fractional = array != np.floor(array)
-        if fractional.any():
-            value = array[fractional].flat[0]
-            raise MedsegInputError(
-                f"the {what} is not a label map: value {value:g} is not a whole number "
-                "(an intensity image given instead of a mask?)"
-            )
-    low = array.min()
-    if low < 0:
-        raise MedsegInputError(
-            f"the {what} is not a label map: it holds negative values (e.g. {low:g}); "
-            "labels are 0 (background) and 1, 2 ... (structures)"
-        )
 
 
 def _default_labels(segmentation: np.ndarray, reference: np.ndarray) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import MedsegInputError
 
@@ -49,7 +50,7 @@ class IntensityNormalization:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Normalise an image to ``float32``; NaN and infinite voxels become the mean (0)."""
-        out = np.asarray(image, dtype=np.float32)
+        out: npt.NDArray[np.float32] = np.asarray(image, dtype=np.float32)
         out = np.nan_to_num(out, nan=self.mean, posinf=self.upper, neginf=self.lower)
         out = np.clip(out, self.lower, self.upper)
         out = (out - np.float32(self.mean)) / np.float32(self.std)

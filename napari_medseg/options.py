@@ -19,8 +19,9 @@ import dataclasses
 import types
 import typing
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+_Config = TypeVar("_Config")
 
 def option(
     default: Any = dataclasses.MISSING,
@@ -144,7 +145,7 @@ def add_arguments(
         parser.add_argument(_flag(field), dest=name, **kwargs)
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+def config_from_args(cls: type[_Config], args: argparse.Namespace, **overrides: Any) -> _Config:
     """An instance of ``cls`` from the options :func:`add_arguments` added and the user gave."""
     values = {
         name: getattr(args, name)

@@ -26,7 +26,7 @@ class SliceUnit(NamedTuple):
     """One painted slice: ``axis`` (0, 1, 2 = z, y, x) and ``index`` along it."""
 
     axis: int
-    index: int
+    index: int  # type: ignore[assignment]  # a field, where tuple has a method of the name
 
     def label(self) -> str:
         """Short text such as ``"z12"``."""
@@ -35,7 +35,8 @@ class SliceUnit(NamedTuple):
 
 def slice_view(array: np.ndarray, unit: SliceUnit) -> np.ndarray:
     """View of one slice of a 3D array."""
-    return np.moveaxis(array, unit.axis, 0)[unit.index]
+    view: np.ndarray = np.moveaxis(array, unit.axis, 0)[unit.index]
+    return view
 
 
 def as_3d(array: np.ndarray, name: str) -> np.ndarray:

@@ -37,7 +37,8 @@ def relay(generator: Generator[T, None, R], wrap: Callable[[T], U]) -> Generator
             try:
                 item = next(generator)
             except StopIteration as done:
-                return done.value
+                value: R = done.value
+                return value
             yield wrap(item)
     finally:
         generator.close()
@@ -54,7 +55,8 @@ def run_to_completion(
         try:
             item = next(generator)
         except StopIteration as done:
-            return done.value
+            value: R = done.value
+            return value
         if on_item is not None:
             on_item(item)
 

@@ -14,21 +14,30 @@ network can learn the answer from a few painted slices:
 Everything is drawn from ``np.random.default_rng(seed)``: the same arguments always give
 the same arrays. Generation of a 48 x 64 x 64 case takes well under a second.
 
-The module also provides the slice-picking and annotation helpers used by tests and
-benchmarks on the real cases, and two intensity-threshold baselines.
+The slice-picking and annotation helpers (:mod:`napari_medseg.slice_painting`) and the
+intensity baselines (:mod:`napari_medseg.baselines`) used by tests and benchmarks are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
+import numpy.typing as npt
 from scipy import ndimage
 
-from .annotation import BACKGROUND, validate_annotation
+from .baselines import (
+    ThresholdBaseline,
+    best_threshold_dice,
+    nearest_mean_from_annotation,
+    threshold_from_annotation,
+)
 from .errors import MedsegInputError
+from .slice_painting import paint_slices_per_axis, pick_slices, sparse_annotation_from_mask
 
 __all__ = [
     "STRUCTURE_NAMES",
@@ -50,6 +59,10 @@ _AIR, _TISSUE = 0.05, 0.35
 _STRUCTURE_INTENSITY = (0.66, 0.58, 0.76)
 _NOISE_STD = 0.06
 _BLUR_SIGMA = 1.0
+
+#: A 3-vector in mm or in fractions of the extent: a sequence or a float64 array.
+_Vector = Sequence[float] | npt.NDArray[np.float64]
+_Field = npt.NDArray[np.float32]  # a float32 volume on the grid of a _Space
 
 
 @dataclass
@@ -96,28 +109,26 @@ class _Space:
             )
             for i, (n, s) in enumerate(zip(self.shape, self.spacing))
         ]
-        self.extent = np.array([n * s for n, s in zip(self.shape, self.spacing)])
+        self.extent: npt.NDArray[np.float64] = np.array(
+            [n * s for n, s in zip(self.shape, self.spacing)]
+        )
         self.scale = float(self.extent.min())
 
-    def point(self, fractions: Sequence[float]) -> np.ndarray:
+    def point(self, fractions: _Vector) -> npt.NDArray[np.float64]:
         """Position in mm of a point given as fractions of the extent."""
         return np.asarray(fractions, dtype=float) * self.extent
 
-    def sq_dist(
-        self, centre: np.ndarray, semi_axes: Sequence[float] = (1.0, 1.0, 1.0)
-    ) -> np.ndarray:
+    def sq_dist(self, centre: _Vector, semi_axes: _Vector = (1.0, 1.0, 1.0)) -> _Field:
         """Squared ellipsoidal distance ``sum(((x - c) / a) ** 2)`` on the grid."""
-        total = np.zeros(self.shape, dtype=np.float32)
+        total: _Field = np.zeros(self.shape, dtype=np.float32)
         for grid, c, a in zip(self.coords, centre, semi_axes):
             total += ((grid - np.float32(c)) / np.float32(a)) ** 2
         return total
 
 
-def _low_frequency(
-    rng: np.random.Generator, space: _Space, n_waves: int, cycles: float
-) -> np.ndarray:
+def _low_frequency(rng: np.random.Generator, space: _Space, n_waves: int, cycles: float) -> _Field:
     """A smooth random field, sum of plane cosine waves, roughly unit amplitude."""
-    field_ = np.zeros(space.shape, dtype=np.float32)
+    field_: _Field = np.zeros(space.shape, dtype=np.float32)
     for _ in range(n_waves):
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
@@ -125,13 +136,15 @@ def _low_frequency(
         phase = rng.uniform(0, 2 * math.pi)
         arg = sum(np.float32(ki) * g for ki, g in zip(k, space.coords)) + np.float32(phase)
         field_ += np.cos(arg).astype(np.float32)
-    return field_ / np.float32(math.sqrt(n_waves / 2))
+    field_ = field_ / np.float32(math.sqrt(n_waves / 2))
+    return field_
 
 
-def _texture(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
+def _texture(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> _Field:
     """Gaussian-filtered white noise, unit standard deviation."""
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
-    return noise / np.float32(max(float(noise.std()), 1e-6))
+    noise: _Field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
+    noise = noise / np.float32(max(float(noise.std()), 1e-6))
+    return noise
 
 
 # --------------------------------------------------------------------------- shapes
@@ -235,7 +248,7 @@ def _render(
     for region in distractors:  # same intensity as a randomly chosen structure
         level = _STRUCTURE_INTENSITY[int(rng.integers(n_structures))]
         clean[region] = level * texture[region]
-    image = ndimage.gaussian_filter(clean, _BLUR_SIGMA)
+    image: _Field = ndimage.gaussian_filter(clean, _BLUR_SIGMA)
     image *= np.exp(0.2 * _low_frequency(rng, space, 4, 0.7))
     image += rng.normal(0.0, _NOISE_STD, size=space.shape).astype(np.float32)
     return image.astype(np.float32, copy=False)
@@ -322,292 +335,7 @@ def painted_case(
         image=image,
         expert_mask=labels,
         annotation=annotation,
-        spacing=tuple(float(s) for s in spacing),
+        spacing=cast(tuple[float, float, float], tuple(float(s) for s in spacing)),  # 3D
         class_names=tuple(class_names),
         annotated_slices=slices,
     )
-
-
-# --------------------------------------------------------------------------- slices
-
-
-def paint_slices_per_axis(
-    mask: np.ndarray, slices_per_axis: Sequence[int]
-) -> tuple[np.ndarray, dict[int, list[int]]]:
-    """Paint ``slices_per_axis[a]`` whole slices along each axis ``a``, through the structures.
-
-    The slices are chosen by :func:`pick_slices` and painted from ``mask`` by
-    :func:`sparse_annotation_from_mask`.
-
-    Returns
-    -------
-    (np.ndarray, dict of int to list of int)
-        The ``uint8`` annotation and the painted slices per axis.
-    """
-    mask = np.asarray(mask)
-    if len(slices_per_axis) != mask.ndim:
-        raise MedsegInputError(f"slices_per_axis needs {mask.ndim} values")
-    slices = {a: pick_slices(mask, a, int(n)) for a, n in enumerate(slices_per_axis) if n}
-    return sparse_annotation_from_mask(mask, slices), slices
-
-
-
-def pick_slices(mask: np.ndarray, axis: int, n: int) -> list[int]:
-    """Choose ``n`` slices along ``axis``, evenly spread over the slices with foreground.
-
-    Of the ``L`` slices holding foreground (any nonzero voxel), the ``i``-th chosen one is
-    number ``floor((2 i + 1) L / (2 n))``: the centres of ``n`` equal parts. For example,
-    foreground on slices 11-17 and ``n = 3`` gives 12, 14, 16. When the mask is empty the
-    slices are spread over the whole axis instead.
-
-    Parameters
-    ----------
-    mask : np.ndarray
-        Label map or binary mask.
-    axis : int
-        Axis the slices are taken along.
-    n : int
-        Number of slices wanted; fewer come back when fewer slices exist.
-
-    Returns
-    -------
-    list of int
-        Sorted, distinct slice indices.
-    """
-    mask = np.asarray(mask)
-    if not -mask.ndim <= axis < mask.ndim:
-        raise MedsegInputError(f"axis {axis} is out of range for a {mask.ndim}D mask")
-    if n <= 0:
-        return []
-    other = tuple(a for a in range(mask.ndim) if a != axis % mask.ndim)
-    candidates = np.flatnonzero(np.any(mask != 0, axis=other))
-    if candidates.size == 0:
-        candidates = np.arange(mask.shape[axis])
-    count = candidates.size
-    n = min(n, count)
-    positions = [((2 * i + 1) * count) // (2 * n) for i in range(n)]
-    return sorted({int(candidates[p]) for p in positions})
-
-
-def sparse_annotation_from_mask(
-    mask: np.ndarray, slices: Mapping[int, Sequence[int]]
-) -> np.ndarray:
-    """Paint full slices of an expert mask as a sparse annotation.
-
-    Parameters
-    ----------
-    mask : np.ndarray
-        Label map: ``0`` background, ``k`` structure ``k`` (at most 254).
-    slices : mapping of int to sequence of int
-        Slice indices to paint, per axis, e.g. ``{0: [12, 14], 2: [30]}``.
-
-    Returns
-    -------
-    np.ndarray
-        ``uint8`` annotation: ``mask + 1`` on the painted slices, ``0`` elsewhere.
-    """
-    mask = np.asarray(mask)
-    if mask.size and (int(mask.min()) < 0 or int(mask.max()) > 254):
-        raise MedsegInputError("mask values must lie in 0..254 to be painted as an annotation")
-    painted = np.zeros(mask.shape, dtype=bool)
-    for axis, indices in slices.items():
-        if not -mask.ndim <= axis < mask.ndim:
-            raise MedsegInputError(f"axis {axis} is out of range for a {mask.ndim}D mask")
-        for index in indices:
-            if not -mask.shape[axis] <= index < mask.shape[axis]:
-                raise MedsegInputError(
-                    f"slice {index} is outside axis {axis} of size {mask.shape[axis]}"
-                )
-            np.moveaxis(painted, axis, 0)[index] = True
-    annotation = np.zeros(mask.shape, dtype=np.uint8)
-    annotation[painted] = mask[painted].astype(np.uint8) + 1
-    return annotation
-
-
-# --------------------------------------------------------------------------- baselines
-
-
-@dataclass
-class ThresholdBaseline:
-    """Best intensity window per structure and the Dice it reaches.
-
-    Attributes
-    ----------
-    dice : dict of int to float
-        Dice of ``low <= image < high`` against structure ``k`` on the scored voxels.
-    windows : dict of int to (float, float)
-        The chosen half-open window ``[low, high)`` per structure. A window that reaches the
-        lowest (highest) scored intensity is open on that side: ``low = -inf``
-        (``high = inf``, i.e. a plain threshold ``image >= low``).
-    """
-
-    dice: dict[int, float]
-    windows: dict[int, tuple[float, float]]
-
-    @property
-    def mean_dice(self) -> float:
-        """Mean Dice over the structures (1.0 when there is none)."""
-        return float(np.mean(list(self.dice.values()))) if self.dice else 1.0
-
-
-def _best_window(
-    values: np.ndarray, target: np.ndarray, n_bins: int, window: bool
-) -> tuple[float, float, float]:
-    """Window ``[low, high)`` over quantile bins maximising Dice of ``values`` vs ``target``.
-
-    Returns ``(dice, low, high)``.
-    """
-    edges = np.unique(np.quantile(values, np.linspace(0.0, 1.0, n_bins + 1)))
-    bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, max(edges.size - 2, 0))
-    n_b = max(edges.size - 1, 1)
-    all_counts = np.bincount(bins, minlength=n_b).astype(np.float64)
-    hit_counts = np.bincount(bins, weights=target.astype(np.float64), minlength=n_b)
-    cum_all = np.concatenate([[0.0], np.cumsum(all_counts)])
-    cum_hit = np.concatenate([[0.0], np.cumsum(hit_counts)])
-    n_target = cum_hit[-1]
-    # window = bins i..j-1 : rows i, columns j
-    highs = np.arange(1, n_b + 1) if window else np.array([n_b])
-    tp = cum_hit[highs][None, :] - cum_hit[:-1][:, None]
-    pred = cum_all[highs][None, :] - cum_all[:-1][:, None]
-    denom = pred + n_target
-    scores = np.where(
-        (highs[None, :] > np.arange(n_b)[:, None]) & (denom > 0),
-        2.0 * tp / np.maximum(denom, 1e-12),
-        -1.0,
-    )
-    i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    top = int(highs[j])
-    low = float(edges[i]) if i > 0 else -math.inf
-    high = float(edges[top]) if top < n_b else math.inf
-    return float(scores[i, j]), low, high
-
-
-def best_threshold_dice(
-    image: np.ndarray,
-    mask: np.ndarray,
-    scored: np.ndarray | None = None,
-    *,
-    window: bool = True,
-    n_bins: int = 256,
-) -> ThresholdBaseline:
-    """The best global intensity window per structure, chosen knowing the truth.
-
-    An *oracle* baseline: for each structure ``k`` the window ``[low, high)`` (or, with
-    ``window=False``, the threshold ``image >= low``) that maximises Dice against
-    ``mask == k`` on the scored voxels, searched over ``n_bins`` intensity quantiles.
-
-    Parameters
-    ----------
-    image : np.ndarray
-        Intensities.
-    mask : np.ndarray
-        Expert label map (``0`` background, ``k`` structure ``k``), same shape.
-    scored : np.ndarray, optional
-        Boolean array of the voxels to score (default: all).
-    window : bool
-        Search two-sided windows; ``False`` searches only lower thresholds.
-    n_bins : int
-        Number of quantile bins the window edges are chosen from.
-
-    Returns
-    -------
-    ThresholdBaseline
-        Dice and window per structure.
-    """
-    image, mask = np.asarray(image), np.asarray(mask)
-    if image.shape != mask.shape:
-        raise MedsegInputError(f"image shape {image.shape} differs from mask shape {mask.shape}")
-    sel = np.ones(mask.shape, bool) if scored is None else np.asarray(scored, dtype=bool)
-    values, truth = image[sel].astype(np.float64), mask[sel]
-    result = ThresholdBaseline({}, {})
-    if values.size == 0:
-        return result
-    for k in (int(v) for v in np.unique(mask) if v != 0):
-        score, low, high = _best_window(values, truth == k, n_bins, window)
-        result.dice[k] = score
-        result.windows[k] = (low, high)
-    return result
-
-
-def threshold_from_annotation(
-    image: np.ndarray, annotation: np.ndarray, *, window: bool = True, n_bins: int = 256
-) -> np.ndarray:
-    """A fair threshold baseline that sees only what the user painted.
-
-    For each structure ``k`` the intensity window that best separates the voxels annotated
-    ``k + 1`` from the other annotated voxels (highest Dice on the annotated voxels) is
-    applied to the whole volume. Where windows of several structures overlap, a voxel goes
-    to the structure whose annotated median intensity is closest.
-
-    Parameters
-    ----------
-    image : np.ndarray
-        Intensities.
-    annotation : np.ndarray
-        Sparse annotation: ``0`` unknown, ``1`` background, ``k + 1`` structure ``k``.
-    window : bool
-        Two-sided windows (``True``) or lower thresholds only.
-    n_bins : int
-        Number of quantile bins the window edges are chosen from.
-
-    Returns
-    -------
-    np.ndarray
-        ``uint8`` segmentation: ``0`` background, ``k`` structure ``k``.
-    """
-    image, annotation = np.asarray(image), np.asarray(annotation)
-    n_classes = validate_annotation(annotation, image.shape)
-    known = annotation > 0
-    labels = annotation.astype(np.int64) - BACKGROUND  # -1 unknown, 0 bg, k structure
-    baseline = best_threshold_dice(
-        image, np.where(known, labels, 0), known, window=window, n_bins=n_bins
-    )
-    segmentation = np.zeros(image.shape, dtype=np.uint8)
-    best = np.full(image.shape, np.inf)
-    for k in range(1, n_classes):
-        if k not in baseline.windows:
-            continue
-        low, high = baseline.windows[k]
-        centre = float(np.median(image[labels == k]))
-        distance = np.abs(image - centre)
-        take = (image >= low) & (image < high) & (distance < best)
-        segmentation[take] = k
-        best[take] = distance[take]
-    return segmentation
-
-
-def nearest_mean_from_annotation(image: np.ndarray, annotation: np.ndarray) -> np.ndarray:
-    """Nearest-class-mean intensity classifier fitted on what the user painted.
-
-    Each voxel goes to the class (background included) whose mean annotated intensity is
-    closest: the plain intensity classifier the networks are compared with.
-
-    Parameters
-    ----------
-    image : np.ndarray
-        Intensities.
-    annotation : np.ndarray
-        Sparse annotation: ``0`` unknown, ``1`` background, ``k + 1`` structure ``k``.
-
-    Returns
-    -------
-    np.ndarray
-        ``uint8`` segmentation: ``0`` background, ``k`` structure ``k`` (a class nobody
-        painted is never chosen).
-    """
-    image, annotation = np.asarray(image), np.asarray(annotation)
-    n_classes = validate_annotation(annotation, image.shape)
-    means = np.full(n_classes, np.inf)
-    for k in range(n_classes):
-        painted = image[annotation == k + BACKGROUND]
-        if painted.size:
-            means[k] = float(np.mean(painted, dtype=np.float64))
-    segmentation = np.zeros(image.shape, dtype=np.uint8)
-    best = np.full(image.shape, np.inf)
-    values = image.astype(np.float64, copy=False)
-    for k in np.flatnonzero(np.isfinite(means)):
-        distance = np.abs(values - means[k])
-        closer = distance < best
-        segmentation[closer] = k
-        best[closer] = distance[closer]
-    return segmentation

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -55,7 +56,7 @@ def gaussian_importance(tile_shape: Sequence[int], sigma_scale: float = 0.125) -
         coords = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
         sigma = max(size * sigma_scale, 0.5)
         axes.append(np.exp(-0.5 * (coords / sigma) ** 2))
-    weight = axes[0]
+    weight: npt.NDArray[np.float64] = axes[0]
     for axis in axes[1:]:
         weight = np.multiply.outer(weight, axis)
     weight = weight / weight.max()
@@ -79,7 +80,10 @@ class GaussianAggregator:
     def labels(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
         """Arg-max labels so far (of ``region``, or of the whole volume)."""
         region = region or tuple(slice(None) for _ in self.weight.shape)
-        return np.argmax(self.scores[(slice(None), *region)], axis=0).astype(np.uint8)
+        labels: npt.NDArray[np.uint8] = np.argmax(
+            self.scores[(slice(None), *region)], axis=0
+        ).astype(np.uint8)
+        return labels
 
     def probabilities(self) -> np.ndarray:
         """Blended per-class probabilities ``(C, *shape)`` (divides in place, call once)."""

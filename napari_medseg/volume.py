@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 
 @dataclass
@@ -54,12 +55,19 @@ class Volume:
         return tuple(self.array.shape)
 
     @property
+    def direction_matrix(self) -> npt.NDArray[np.float64]:
+        """``direction`` typed as the ``(ndim, ndim)`` float array ``__post_init__`` made it."""
+        return np.asarray(self.direction, dtype=np.float64)
+
+    @property
     def is_axis_aligned(self) -> bool:
         """True when the direction is a diagonal of +1 (shown exactly by napari's scale)."""
-        return bool(np.allclose(self.direction, np.eye(self.direction.shape[0]), atol=1e-6))
+        direction = self.direction_matrix
+        return bool(np.allclose(direction, np.eye(direction.shape[0]), atol=1e-6))
 
     def with_array(self, array: np.ndarray) -> Volume:
         """Return a new volume with the same geometry and another array of the same shape."""
         if tuple(array.shape) != self.shape:
             raise ValueError(f"shape {array.shape} differs from the volume's {self.shape}")
-        return Volume(array, self.spacing, self.origin, self.direction.copy(), dict(self.metadata))
+        direction = self.direction_matrix.copy()
+        return Volume(array, self.spacing, self.origin, direction, dict(self.metadata))

@@ -18,17 +18,18 @@ def breaches(root: Path) -> list[str]:
     """One line per file, function or class of ``root`` that is too long."""
     found = []
     for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root.parent)
         source = path.read_text(encoding="utf-8")
         lines = source.count("\n")
         if lines > MAX_FILE:
-            found.append(f"{path.relative_to(root.parent)}: {lines} lines (max {MAX_FILE})")
+            found.append(f"{name}: {lines} lines (max {MAX_FILE})")
         for node in ast.walk(ast.parse(source)):
             if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 continue
             size = (node.end_lineno or node.lineno) - node.lineno + 1
             limit = MAX_CLASS if isinstance(node, ast.ClassDef) else MAX_FUNCTION
             if size > limit:
-                found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name}: {size} lines (max {limit})")
+                found.append(f"{name}:{node.lineno} {node.name}: {size} lines (max {limit})")
     return found
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal, TypedDict, get_args
 
 from torch import nn
 
@@ -25,7 +25,9 @@ from .fcn import FCN2D
 from .unet2d import UNet2D
 from .unet3d import UNet3D, resolve_pools_kernels
 
-ARCHS: tuple[str, ...] = ("unet3d", "unet2d", "fcn")
+#: The networks: the 3D U-Net, a 2D U-Net and a 2D FCN-8s (both applied slice by slice).
+Arch = Literal["unet3d", "unet2d", "fcn"]
+ARCHS: tuple[str, ...] = get_args(Arch)
 #: Most networks one ensemble may hold.
 MAX_MEMBERS = 10
 
@@ -165,6 +167,17 @@ class NetworkConfig:
             raise MedsegInputError(f"invalid network config: {exc}") from exc
 
 
+class _NetworkArgs(TypedDict):
+    """Constructor arguments shared by every architecture."""
+
+    in_channels: int
+    n_classes: int
+    base_channels: int
+    batch_norm: bool
+    norm_groups: int
+    dropout: float
+
+
 def build_network(cfg: NetworkConfig) -> nn.Module:
     """Build the (Kaiming-initialised) network that ``cfg`` describes.
 
@@ -184,7 +197,7 @@ def build_network(cfg: NetworkConfig) -> nn.Module:
     if cfg.members > 1:
         single = replace(cfg, members=1)
         return Ensemble([build_network(single) for _ in range(cfg.members)])
-    common = dict(
+    common = _NetworkArgs(
         in_channels=cfg.in_channels,
         n_classes=cfg.n_classes,
         base_channels=cfg.base_channels,
@@ -208,6 +221,7 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "ARCHS",
+    "Arch",
     "FCN2D",
     "Ensemble",
     "MAX_MEMBERS",

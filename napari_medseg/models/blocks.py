@@ -9,7 +9,7 @@ crop their output back; 2D networks fold ``D`` into the batch (:class:`SliceWise
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ def conv_norm_relu(
     kernel = tuple(int(k) for k in kernel_size)
     if len(kernel) != ndim or any(k < 1 or k % 2 == 0 for k in kernel):
         raise ValueError(f"kernel size {kernel} must hold {ndim} odd positive ints")
-    conv_cls = nn.Conv3d if ndim == 3 else nn.Conv2d
+    conv_cls: Callable[..., nn.Module] = nn.Conv3d if ndim == 3 else nn.Conv2d
     norm_cls = nn.BatchNorm3d if ndim == 3 else nn.BatchNorm2d
     layers: list[nn.Module] = [
         conv_cls(

@@ -37,6 +37,24 @@ def batch_norm_layers(network: torch.nn.Module) -> list[torch.nn.modules.batchno
     ]
 
 
+def _running_stats(
+    layer: torch.nn.modules.batchnorm._BatchNorm,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Running mean, variance and batch count of a layer that keeps running statistics."""
+    mean, var, count = layer.running_mean, layer.running_var, layer.num_batches_tracked
+    # buffers registered when track_running_stats (see batch_norm_layers)
+    assert mean is not None and var is not None and count is not None
+    return mean, var, count
+
+
+def _snapshot(
+    layer: torch.nn.modules.batchnorm._BatchNorm,
+) -> tuple[float | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer's momentum and a copy of its running statistics."""
+    mean, var, count = _running_stats(layer)
+    return layer.momentum, mean.clone(), var.clone(), count.clone()
+
+
 def calibration_regions(
     shape: Sequence[int], tile_shape: Sequence[int], max_tiles: int = MAX_CALIBRATION_TILES
 ) -> list[tuple[slice, ...]]:
@@ -101,11 +119,7 @@ def recalibrate_batch_norm(
     tile_shape = tuple(int(t) for t in tile_shape)
     regions = calibration_regions(image.shape[1:], tile_shape, max_tiles)
     fill = float(image.min()) if image.size else 0.0
-    saved = [
-        (layer.momentum, layer.running_mean.clone(), layer.running_var.clone(),
-         layer.num_batches_tracked.clone())
-        for layer in layers
-    ]
+    saved = [_snapshot(layer) for layer in layers]
     was_training = network.training
     for layer in layers:
         layer.reset_running_stats()
@@ -127,8 +141,9 @@ def recalibrate_batch_norm(
         for layer, (momentum, mean, var, count) in zip(layers, saved):
             layer.momentum = momentum
             if used == 0:
-                layer.running_mean.copy_(mean)
-                layer.running_var.copy_(var)
-                layer.num_batches_tracked.copy_(count)
+                running_mean, running_var, batches = _running_stats(layer)
+                running_mean.copy_(mean)
+                running_var.copy_(var)
+                batches.copy_(count)
         network.train(was_training)
     return used

@@ -88,6 +88,7 @@ class FCN2D(SliceWise2D):
                 up.weight.copy_(bilinear_kernel(n_classes, 4))
             for score in (self.score8, self.score16):
                 nn.init.zeros_(score.weight)
+                assert score.bias is not None  # Conv2d(..., bias=True) above
                 nn.init.zeros_(score.bias)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

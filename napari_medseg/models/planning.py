@@ -37,7 +37,7 @@ def _check3(value: Sequence[float], name: str) -> tuple[float, float, float]:
     vals = tuple(float(v) for v in value)
     if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
         raise ValueError(f"{name} must be 3 positive finite numbers, got {tuple(value)!r}")
-    return vals  # type: ignore[return-value]
+    return vals
 
 
 def plan_network(

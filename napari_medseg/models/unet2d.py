@@ -100,4 +100,5 @@ class UNet2D(SliceWise2D):
         x = self.bottleneck(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(torch.cat([skip, up(x)], dim=1))
-        return self.head(x)
+        logits: torch.Tensor = self.head(x)
+        return logits

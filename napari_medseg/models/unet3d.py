@@ -19,6 +19,7 @@ Differences from the paper, on purpose:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,6 +42,8 @@ def resolve_pools_kernels(
     ValueError
         If the number of kernel sizes is not the number of pooling steps + 1.
     """
+    pools: list[tuple[int, ...]]
+    kernels: list[tuple[int, ...]]
     if pool_sizes is None:
         steps = DEFAULT_STEPS if kernel_sizes is None else len(kernel_sizes) - 1
         pools = [DEFAULT_POOL] * steps
@@ -55,7 +58,8 @@ def resolve_pools_kernels(
             f"kernel_sizes needs one entry per level ({len(pools) + 1} for "
             f"{len(pools)} pooling steps), got {len(kernels)}"
         )
-    return pools, kernels  # type: ignore[return-value]
+    # the sizes are not length-checked here; a 3D network needs 3 values each
+    return cast(list[Triple], pools), cast(list[Triple], kernels)
 
 
 class UNet3D(PaddedNetwork):
@@ -173,4 +177,5 @@ class UNet3D(PaddedNetwork):
         x = self.bottleneck(x)
         for up, decoder, skip in zip(self.ups, self.decoders, reversed(skips)):
             x = decoder(torch.cat([skip, up(x)], dim=1))
-        return self.head(x)
+        logits: torch.Tensor = self.head(x)
+        return logits

@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ..device import autocast_dtype, memory_format_for, release_device
+from ..device import autocast_dtype, memory_format_for, place, release_device
 from ..losses import masked_cross_entropy, masked_soft_dice
 from ..models import NetworkConfig, build_network
 from ..models.calibration import batch_norm_layers, recalibrate_batch_norm
@@ -32,7 +32,7 @@ class Optimisation:
         self.network = build_network(net_config).to(device)
         self.memory_format = memory_format_for(self.network)
         # torch's stubs omit Module.to's documented memory_format keyword
-        self.network.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        place(self.network, None, self.memory_format)
         self.network.train()
         self.weights = class_weights.to(device)
         self.optimizer = torch.optim.AdamW(
@@ -99,5 +99,5 @@ class Optimisation:
     def release(self) -> None:
         """Eval mode, back to the CPU, device memory freed."""
         self.network.eval()
-        self.network.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        place(self.network, "cpu", torch.contiguous_format)
         release_device(self.device)
