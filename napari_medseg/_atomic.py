@@ -12,6 +12,14 @@ Two entry points:
 
 * :func:`atomic_write` for code that writes to a file object;
 * :func:`atomic_write_via` for libraries that only write to a path (SimpleITK, tifffile).
+
+What reached the disk is verified before the rename, because some libraries (SimpleITK's
+NIfTI writer) report a short write only on stderr and return as if all went well. Both
+entry points compare the size of the temporary file with what was written through it
+(:func:`atomic_write`) or let the caller's ``check`` read the temporary file back
+(:func:`atomic_write_via`); a check raises :class:`WriteCheckError`. When the written
+file is incomplete, the temporary files are removed, the previous file is left untouched
+and the error says ``disk full`` when the file system is (nearly) full.
 """
 
 from __future__ import annotations
@@ -29,7 +37,14 @@ from typing import IO, Any
 
 from .errors import MedsegError, MedsegInputError
 
-__all__ = ["atomic_write", "atomic_write_via", "STALE_TEMP_SECONDS", "TEMP_PREFIX"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_via",
+    "STALE_TEMP_SECONDS",
+    "TEMP_PREFIX",
+    "WriteCheckError",
+    "is_nearly_full",
+]
 
 #: Prefix of the temporary files and folders created next to the target.
 TEMP_PREFIX = ".medseg-tmp-"
@@ -39,11 +54,20 @@ STALE_TEMP_SECONDS = 3600.0
 _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _DISK_FULL_TEXT = ("no space left on device", "disk full", "not enough space", "quota exceeded")
 _NEARLY_FULL_BYTES = 1 << 20
+_BACKUP_PREFIX = "previous-"
+
+
+class WriteCheckError(Exception):
+    """A file just written is not complete; the message says how, in a few words."""
 
 
 @contextlib.contextmanager
 def atomic_write(
-    path: str | os.PathLike[str], mode: str = "wb", *, encoding: str | None = None
+    path: str | os.PathLike[str],
+    mode: str = "wb",
+    *,
+    encoding: str | None = None,
+    check: Callable[[Path], Any] | None = None,
 ) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces ``path`` only once it is completely written.
 
@@ -55,6 +79,9 @@ def atomic_write(
         ``"wb"`` (default) or ``"w"`` for text.
     encoding : str, optional
         Text encoding when ``mode="w"`` (default UTF-8).
+    check : callable, optional
+        ``check(tmp_path)`` reads the written temporary file back and raises
+        :class:`WriteCheckError` when it is incomplete.
 
     Yields
     ------
@@ -66,7 +93,8 @@ def atomic_write(
     MedsegInputError
         When the folder of ``path`` does not exist.
     MedsegError
-        When the disk is full (the previous file is left intact).
+        When the disk is full, or the file on disk is shorter than what was written to it
+        (the previous file is left intact).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write supports mode 'w' or 'wb', not {mode!r}")
@@ -80,22 +108,31 @@ def atomic_write(
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+            _check_size(handle)
+        if check is not None:
+            check(tmp)
         _publish(tmp, target)
     except BaseException as exc:
         _remove_quietly(tmp)
-        _raise_if_disk_full(exc, target)
+        _raise_as_save_error(exc, target)
         raise
 
 
-def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]) -> list[Path]:
+def atomic_write_via(
+    path: str | os.PathLike[str],
+    writer: Callable[[Path], Any],
+    *,
+    check: Callable[[Path], Any] | None = None,
+) -> list[Path]:
     """Let ``writer`` write to a temporary path, then move the result onto ``path``.
 
     The temporary path lives in a private hidden folder next to ``path`` and has the
     **same file name** as ``path``, so libraries that choose the format from the
     extension (``.nii.gz``, ``.nrrd`` ...) behave exactly as for the real target, and
     formats with a separate data file (``.mhd`` + ``.raw``, ``.nhdr`` + ``.raw.gz``) keep
-    consistent references. Every file the writer produced is fsynced and moved next to
-    ``path``; ``path`` itself is moved last.
+    consistent references. Every file the writer produced is fsynced, checked, and moved
+    next to ``path``; ``path`` itself is moved last. Should that last move fail, the
+    companion files already moved are put back as they were.
 
     Parameters
     ----------
@@ -103,6 +140,9 @@ def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]
         The file to create or replace.
     writer : callable
         ``writer(tmp_path)`` writes the file (and any companion file) at ``tmp_path``.
+    check : callable, optional
+        ``check(tmp_path)`` reads the written file back (companion files lie next to it)
+        and raises :class:`WriteCheckError` when it is incomplete.
 
     Returns
     -------
@@ -114,7 +154,7 @@ def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]
     MedsegInputError
         When the folder of ``path`` does not exist.
     MedsegError
-        When the disk is full (the previous file is left intact).
+        When the disk is full or the check fails (the previous file is left intact).
     """
     target = Path(path)
     folder = _folder_of(target)
@@ -124,14 +164,11 @@ def atomic_write_via(path: str | os.PathLike[str], writer: Callable[[Path], Any]
         produced = _staged_files(staging, target.name)
         for item in produced:
             _fsync_file(item)
-        written = []
-        for item in produced:
-            final = target.parent / item.name
-            _publish(item, final)
-            written.append(final)
-        return written
+        if check is not None:
+            check(staging / target.name)
+        return _publish_all(produced, target, staging)
     except BaseException as exc:
-        _raise_if_disk_full(exc, target)
+        _raise_as_save_error(exc, target)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -183,9 +220,53 @@ def _staged_files(staging: Path, name: str) -> list[Path]:
     """Files the writer produced, the main file last (companion data files first)."""
     main = staging / name
     if not main.is_file():
-        raise MedsegError(f"could not save {name}: the writer produced no file")
+        raise WriteCheckError("the writer produced no file")
     others = sorted(p for p in staging.iterdir() if p.is_file() and p != main)
     return [*others, main]
+
+
+def _publish_all(produced: list[Path], target: Path, staging: Path) -> list[Path]:
+    """Move the staged files next to ``target`` (main file last), or leave all as they were.
+
+    Before a companion file (``seg.raw.gz`` of ``seg.nhdr``) replaces an older one, the
+    older one is kept as a hard link in the staging folder; if a later move fails, the
+    companions already moved are restored (or removed, when they are new), so the previous
+    header never points at new data. Where hard links are not possible this undo is
+    skipped.
+    """
+    undo: list[tuple[Path, Path | None]] = []
+    written: list[Path] = []
+    try:
+        for item in produced:
+            final = target.parent / item.name
+            step = _keep_previous(final, staging) if item.name != target.name else None
+            if step is not None:
+                undo.append(step)
+            _publish(item, final)
+            written.append(final)
+    except BaseException:
+        for final, previous in reversed(undo):
+            with contextlib.suppress(OSError):
+                if previous is None:
+                    os.unlink(final)
+                else:
+                    os.replace(previous, final)
+        raise
+    return written
+
+
+def _keep_previous(final: Path, staging: Path) -> tuple[Path, Path | None] | None:
+    """How to undo replacing ``final``: ``(final, hard link to the previous file)``,
+    ``(final, None)`` when there was none (undoing removes ``final``), or None when it
+    cannot be undone (no hard links on this file system)."""
+    backup = staging / (_BACKUP_PREFIX + final.name)
+    try:
+        os.link(final, backup, follow_symlinks=False)
+    except FileNotFoundError:
+        return final, None
+    except OSError:
+        return None
+    return final, backup
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -243,20 +324,52 @@ def _remove_quietly(path: Path) -> None:
         path.unlink()
 
 
-def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
+def _check_size(handle: IO[Any]) -> None:
+    """The file on disk must hold every byte written through ``handle``."""
+    raw = getattr(handle, "buffer", handle)
+    written = raw.tell()
+    on_disk = os.fstat(handle.fileno()).st_size
+    if on_disk < written:
+        raise WriteCheckError(f"only {on_disk:,} of {written:,} bytes reached the disk")
+
+
+def _raise_as_save_error(exc: BaseException, target: Path) -> None:
+    """Turn a full disk or a failed check into a one-line :class:`MedsegError`."""
     if _is_disk_full(exc, target.parent):
         raise MedsegError(f"could not save {target}: disk full") from exc
+    if isinstance(exc, WriteCheckError):
+        raise MedsegError(f"could not save {target}: {exc}") from exc
 
 
 def _is_disk_full(exc: BaseException, folder: Path) -> bool:
-    """True for ENOSPC/EDQUOT, or a library error (SimpleITK) on a nearly full disk."""
+    """True for ENOSPC/EDQUOT, or a library error or failed check on a nearly full disk."""
     if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
         return True
-    if not isinstance(exc, (OSError, RuntimeError)):
+    if not isinstance(exc, (OSError, RuntimeError, WriteCheckError)):
         return False
     if any(text in str(exc).lower() for text in _DISK_FULL_TEXT):
         return True
+    return is_nearly_full(folder)
+
+
+def is_nearly_full(folder: str | os.PathLike[str]) -> bool:
+    """Whether the file system holding ``folder`` has less than 1 MiB left (``statvfs``).
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        A folder on the file system to look at.
+
+    Returns
+    -------
+    bool
+        True when (nearly) full; False when it has room, or cannot be asked.
+    """
     try:
-        return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
-    except OSError:
-        return False
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        try:
+            return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+        except OSError:
+            return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import MedsegInputError
 from ..io import extension_of, write_volume
@@ -41,6 +42,12 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     -------
     list of str
         The written file.
+
+    Raises
+    ------
+    MedsegError
+        The file could not be written completely (disk full ...): it is checked before it
+        replaces the previous file, which is left byte-identical.
     """
     return [_write_layer(path, data, meta, labels=True)]
 
@@ -139,17 +146,17 @@ def _geometry_from_transforms(meta: Mapping[str, Any], ndim: int) -> Geometry:
 def _data_to_world(meta: Mapping[str, Any], ndim: int) -> np.ndarray:
     from napari.utils.transforms import Affine
 
-    physical = Affine(
+    physical: npt.NDArray[np.float64] = Affine(
         scale=_vector(meta.get("scale"), ndim, 1.0),
         translate=_vector(meta.get("translate"), ndim, 0.0),
         rotate=meta.get("rotate"),
         shear=meta.get("shear"),
         ndim=ndim,
     ).affine_matrix
-    extra = meta.get("affine")
-    if extra is None:
+    given = meta.get("affine")
+    if given is None:
         return physical
-    extra = np.asarray(getattr(extra, "affine_matrix", extra), dtype=float)
+    extra = np.asarray(getattr(given, "affine_matrix", given), dtype=np.float64)
     if extra.shape != (ndim + 1, ndim + 1):
         return physical
     return extra @ physical

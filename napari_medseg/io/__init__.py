@@ -9,7 +9,9 @@ Every volume comes back as a :class:`~napari_medseg.volume.Volume` in array orde
 matrix is reversed on both axes, so column ``j`` is the world direction of array axis ``j``
 and the world position (mm) of voxel index ``i`` is ``origin + direction @ (spacing * i)``.
 
-Files are untrusted input. Headers are read first and a file is refused
+Files are untrusted input. Anything but a regular file (a FIFO, a socket, a device), or a
+header whose data file is one, is refused before it is opened (a DICOM folder holding one
+too). Headers are read first and a file is refused
 (:class:`~napari_medseg.errors.UnsafeFileError`) when it declares more voxels than
 ``max_voxels`` or an absurd compression ratio (a decompression bomb), before any pixel
 buffer is allocated. Compressed payloads are checked by a bounded streaming decompression
@@ -22,6 +24,12 @@ voxels, which it reads as 0, are restored from the file's payload; and ``name.ni
 read from itself even when a ``name.nii`` lies next to it (ITK would take the voxels from
 that other file).
 
+Writing is atomic and verified (``_save``): the library writes a temporary file, its
+header is read back (shape, voxel type) and its payload checked (length; compressed data by
+one streaming decompression) before it replaces the target, so a short write that a library
+reports only on stderr (SimpleITK's NIfTI writer on a full disk) fails with
+:class:`~napari_medseg.errors.MedsegError` and leaves the previous file untouched.
+
 This module only dispatches on the format (:func:`read_volume`, :func:`write_volume`); the
 work is done per format by ``_itk`` (NIfTI, NRRD, MetaImage through SimpleITK, with
 ``_nifti`` for NIfTI specifics), :mod:`.dicom`, :mod:`.tiff` and ``_npy``. The checks on
@@ -30,6 +38,7 @@ untrusted files are in ``_checks``; the label-map heuristics in :mod:`napari_med
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +49,7 @@ import numpy.typing as npt
 from ..errors import MedsegInputError
 from ..labels import as_label_type, looks_like_labels
 from ..volume import Volume
-from ._checks import DEFAULT_MAX_VOXELS, check_image
+from ._checks import DEFAULT_MAX_VOXELS, check_image, refuse_special_file
 from ._formats import FORMATS, SUPPORTED_EXTENSIONS, extension_of
 from ._geometry import GeometryWarning, geometry_for
 from ._itk import read_itk_file, write_itk
@@ -109,7 +118,7 @@ def _format_of(path: Path) -> str:
 
 
 def read_volume(
-    path: str | Path,
+    path: str | os.PathLike[str],
     *,
     series_uid: str | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
@@ -140,8 +149,9 @@ def read_volume(
     Raises
     ------
     MedsegInputError
-        Missing file, unknown type, truncated or corrupt data, several DICOM series and
-        no ``series_uid``, 4D or RGB data without ``allow_channels``.
+        Missing file, unknown type, not a regular file (a FIFO, socket or device, or a
+        header whose data file is one), truncated or corrupt data, several DICOM series
+        and no ``series_uid``, 4D or RGB data without ``allow_channels``.
     UnsafeFileError
         Declared size above ``max_voxels``, decompression bomb, pickled ``.npy``.
 
@@ -156,6 +166,8 @@ def read_volume(
     if not p.exists():
         raise MedsegInputError(f"cannot read {p}: no such file or folder")
     fmt = "dicom" if p.is_dir() else _format_of(p)
+    if not p.is_dir():
+        refuse_special_file(p.name, p)
     if fmt == "dicom":
         return read_dicom(p, series_uid, max_voxels, allow_channels)
     if fmt == "tiff":
@@ -166,7 +178,7 @@ def read_volume(
 
 
 def write_volume(
-    path: str | Path,
+    path: str | os.PathLike[str],
     data: npt.NDArray[Any] | Volume,
     *,
     reference: Volume | None = None,

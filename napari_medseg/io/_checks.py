@@ -1,15 +1,20 @@
 """Checks on untrusted files before their voxels are read, and on the volumes read.
 
-Declared sizes are bounded (:func:`refuse_too_large`), 4D and multi-component data are
-refused unless asked for (:func:`refuse_channels`), and a voxel payload is checked
-(:func:`check_payload`) for truncation and for decompression bombs, by a bounded streaming
-decompression in constant memory, before any reader allocates it. :func:`check_image`
-lists what makes a volume doubtful for segmentation.
+Anything but a regular file (a FIFO, a socket, a device, on which a reader would block or
+read forever) is refused before it is opened (:func:`refuse_special_file`). Declared sizes
+are bounded (:func:`refuse_too_large`), 4D and multi-component data are refused unless
+asked for (:func:`refuse_channels`), and a voxel payload is checked (:func:`check_payload`)
+for truncation and for decompression bombs, by a bounded streaming decompression in
+constant memory, before any reader allocates it. A payload just written is checked more
+strictly (:func:`verify_payload`: exact length, every gzip/zlib stream complete with a
+valid checksum). :func:`check_image` lists what makes a volume doubtful for segmentation.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Sequence
@@ -78,17 +83,70 @@ def refuse_channels(name: str, shape: Sequence[int], components: int, allow: boo
         )
 
 
-def check_payload(name: str, payload: Payload) -> None:
-    """Refuse truncated payloads and decompression bombs before ITK allocates anything."""
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a folder"),
+)
+
+
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (``"a FIFO (named pipe)"`` ...).
+
+    None for a regular file (links followed) and for a missing one.
+    """
     try:
-        stored = payload.file.stat().st_size - payload.offset
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None if not os.path.islink(path) else "a broken link"
+    except OSError as exc:
+        return f"not readable ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def refuse_special_file(name: str, path: Path) -> None:
+    """Refuse ``path`` (the file ``name``, or one of its data files) unless it is a regular file.
+
+    Opening a FIFO for reading blocks until someone writes to it, and a device can be read
+    forever; both are refused before anything opens them.
+    """
+    kind = special_kind(path)
+    if kind is None:
+        return
+    what = "it" if path.name == name else f"its data file {path.name}"
+    raise MedsegInputError(f"cannot read {name}: {what} is {kind}, not a regular file")
+
+
+def _stored_bytes(name: str, payload: Payload) -> int:
+    try:
+        return payload.file.stat().st_size - payload.offset
     except OSError as exc:
         raise MedsegInputError(
             f"cannot read {name}: its data file {payload.file.name} is missing"
         ) from exc
+
+
+def _where(name: str, payload: Payload) -> str:
+    return "file" if payload.file.name == name else f"data file {payload.file.name}"
+
+
+def _truncated(name: str, payload: Payload, stored: int) -> MedsegInputError:
+    return MedsegInputError(
+        f"cannot read {name}: {_where(name, payload)} is truncated or corrupt "
+        f"({max(stored, 0):,} bytes where {payload.expected:,} are declared)"
+    )
+
+
+def check_payload(name: str, payload: Payload) -> None:
+    """Refuse truncated payloads and decompression bombs before ITK allocates anything."""
+    stored = _stored_bytes(name, payload)
     if not payload.compressed:
         if stored < payload.expected:
-            raise MedsegInputError(f"cannot read {name}: file is truncated or corrupt")
+            raise _truncated(name, payload, stored)
         return
     ratio = payload.expected / max(stored, 1)
     if payload.expected > GZIP_BOMB_MIN_BYTES and ratio > GZIP_BOMB_RATIO:
@@ -100,6 +158,32 @@ def check_payload(name: str, payload: Payload) -> None:
         produced = _decompressed_size(name, payload)
         if produced < payload.expected:
             raise MedsegInputError(f"cannot read {name}: file is truncated or corrupt")
+
+
+def verify_payload(name: str, payload: Payload) -> None:
+    """Check a payload just written: exactly the declared length, every stream complete.
+
+    Raw data is checked by its size alone; compressed data by one streaming decompression
+    (constant memory) that must end every gzip/zlib stream with a valid checksum and give
+    exactly the declared number of bytes. Much cheaper than the compression that wrote it.
+
+    Raises
+    ------
+    MedsegInputError
+        The payload is shorter or longer than declared, or a stream is cut or corrupt.
+    """
+    stored = _stored_bytes(name, payload)
+    if not payload.compressed:
+        if stored != payload.expected:
+            raise _truncated(name, payload, stored)
+        return
+    produced, complete = _inflate(name, payload, payload.expected + CHUNK)
+    if not complete or produced != payload.expected:
+        state = "" if complete else ", its compressed stream is cut short"
+        raise MedsegInputError(
+            f"cannot read {name}: {_where(name, payload)} is truncated or corrupt ({produced:,} "
+            f"bytes decompressed where {payload.expected:,} are declared{state})"
+        )
 
 
 def _trailer_ok(payload: Payload) -> bool:
@@ -116,30 +200,34 @@ def _trailer_ok(payload: Payload) -> bool:
 
 
 def _decompressed_size(name: str, payload: Payload) -> int:
-    """Stream-decompress the payload (constant memory) and return how many bytes it holds.
+    """How many bytes the payload decompresses to (stops comfortably past the expected size)."""
+    return _inflate(name, payload, payload.expected + CHUNK)[0]
 
-    Stops once comfortably past the expected size; checks CRCs of complete gzip members.
+
+def _inflate(name: str, payload: Payload, limit: int) -> tuple[int, bool]:
+    """Stream-decompress the payload (constant memory): ``(bytes produced, complete)``.
+
+    Stops once past ``limit`` bytes. ``complete`` is True when the last gzip/zlib stream
+    ended (its checksum verified by zlib) and nothing but further gzip members followed.
     """
-    limit = payload.expected + CHUNK
     produced = 0
     stream = zlib.decompressobj(47)
     try:
         with open(payload.file, "rb") as handle:
             handle.seek(payload.offset)
-            while produced <= limit:
-                chunk = handle.read(CHUNK)
-                if not chunk:
-                    break
-                produced += _drain(stream, chunk, limit - produced)
-                if stream.eof:
-                    rest = stream.unused_data
-                    if not rest.startswith(b"\x1f\x8b"):
-                        break
-                    stream = zlib.decompressobj(47)
-                    produced += _drain(stream, rest, limit - produced)
+            data = handle.read(CHUNK)
+            while data and produced <= limit:
+                produced += _drain(stream, data, limit - produced)
+                if not stream.eof:
+                    data = handle.read(CHUNK)
+                    continue
+                data = stream.unused_data or handle.read(CHUNK)
+                if not data.startswith(b"\x1f\x8b"):
+                    return produced, not data  # anything else after the last member
+                stream = zlib.decompressobj(47)
     except zlib.error as exc:
         raise MedsegInputError(f"cannot read {name}: file is truncated or corrupt") from exc
-    return produced
+    return produced, stream.eof
 
 
 def _drain(stream: zlib._Decompress, data: bytes, budget: int) -> int:

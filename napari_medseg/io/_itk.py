@@ -20,15 +20,22 @@ import SimpleITK as sitk
 
 from ..errors import MedsegInputError
 from ..volume import Volume
-from ._checks import Payload, check_payload, refuse_channels, refuse_too_large
-from ._formats import extension_of
+from ._checks import (
+    Payload,
+    check_payload,
+    refuse_channels,
+    refuse_special_file,
+    refuse_too_large,
+    verify_payload,
+)
+from ._formats import FORMATS, extension_of
 from ._geometry import check_geometry
+from ._headers import data_files_of, payload_of_header
 from ._nifti import itk_source, nifti_payload, restore_non_finite
-from ._save import atomic_save
+from ._save import WriteCheckError, atomic_save
 
 _ITK_IO = {"nifti": "NiftiImageIO", "nrrd": "NrrdImageIO", "metaimage": "MetaImageIO"}
 _COMPRESSED_EXTENSIONS = (".nii.gz", ".nrrd", ".nhdr")
-_HEADER_LIMIT = 1 << 20
 _ITEMSIZE = {
     "8-bit": 1,
     "16-bit": 2,
@@ -42,6 +49,8 @@ _ITEMSIZE = {
 
 def read_itk_file(path: Path, fmt: str, max_voxels: int, allow_channels: bool) -> Volume:
     """Read a NIfTI, NRRD or MetaImage file (``fmt``) after checking its header and payload."""
+    for data_file in data_files_of(path, fmt):
+        refuse_special_file(path.name, data_file)
     with itk_source(path, fmt) as source:
         reader = _itk_header(source, fmt, path.name)
         size = reader.GetSize()
@@ -74,11 +83,12 @@ def _itk_header(path: Path, fmt: str, name: str | None = None) -> sitk.ImageFile
     return reader
 
 
-def execute(reader: sitk.ImageFileReader | sitk.ImageSeriesReader, name: str) -> sitk.Image:
+def execute(reader: sitk.ImageReaderBase, name: str) -> sitk.Image:
     """Run an ITK reader; memory and read failures become :class:`MedsegInputError`."""
     try:
         with quiet_itk():
-            return reader.Execute()
+            image: sitk.Image = reader.Execute()
+            return image
     except MemoryError as exc:
         raise MedsegInputError(f"cannot read {name}: not enough memory") from exc
     except RuntimeError as exc:
@@ -142,65 +152,7 @@ def _payload_of(
     data_bytes = math.prod(size) * max(components, 1) * _itemsize(reader)
     if fmt == "nifti":
         return nifti_payload(path)
-    if fmt == "nrrd":
-        return _nrrd_payload(path, data_bytes)
-    return _metaimage_payload(path, data_bytes)
-
-
-def _text_header(path: Path) -> tuple[list[str], int]:
-    """Lines of a text header (NRRD, MetaImage) and the byte offset just after it."""
-    with open(path, "rb") as handle:
-        head = handle.read(_HEADER_LIMIT)
-    lines: list[str] = []
-    position = 0
-    for raw in head.splitlines(keepends=True):
-        position += len(raw)
-        line = raw.decode("latin-1").strip()
-        if not line and lines:
-            break
-        lines.append(line)
-        if line.lower().startswith("elementdatafile"):
-            break
-    return lines, position
-
-
-def _nrrd_payload(path: Path, data_bytes: int) -> Payload | None:
-    lines, offset = _text_header(path)
-    fields = _fields(lines, ":")
-    if fields.get("encoding", "raw").lower() not in ("gzip", "gz"):
-        return None
-    skips = ("line skip", "lineskip", "byte skip", "byteskip")
-    if any(fields.get(k, "0") not in ("", "0") for k in skips):
-        return None
-    data_file = fields.get("data file", fields.get("datafile"))
-    if data_file is None:
-        return Payload(path, offset, data_bytes, True)
-    if " " in data_file or "%" in data_file or data_file.upper().startswith("LIST"):
-        return None
-    return Payload(path.parent / data_file, 0, data_bytes, True)
-
-
-def _metaimage_payload(path: Path, data_bytes: int) -> Payload | None:
-    lines, offset = _text_header(path)
-    fields = _fields(lines, "=")
-    if fields.get("compresseddata", "false").lower() != "true":
-        return None
-    data_file = fields.get("elementdatafile", "LOCAL")
-    if data_file.upper() == "LOCAL":
-        return Payload(path, offset, data_bytes, True)
-    if "%" in data_file or data_file.upper().startswith("LIST") or " " in data_file:
-        return None
-    return Payload(path.parent / data_file, 0, data_bytes, True)
-
-
-def _fields(lines: Sequence[str], separator: str) -> dict[str, str]:
-    fields = {}
-    for line in lines:
-        if line.startswith("#") or separator not in line:
-            continue
-        key, _, value = line.partition(separator)
-        fields[key.strip().lower()] = value.strip().lstrip("=").strip()
-    return fields
+    return payload_of_header(path, fmt, data_bytes)
 
 
 # ---- writing -------------------------------------------------------------------------
@@ -209,7 +161,10 @@ def _fields(lines: Sequence[str], separator: str) -> dict[str, str]:
 def _itk_image(array: npt.NDArray[Any]) -> sitk.Image:
     """A scalar ITK image (SimpleITK would read a 4D array as 3D vectors)."""
     if array.ndim == 4:
-        return sitk.JoinSeries([sitk.GetImageFromArray(np.ascontiguousarray(a)) for a in array])
+        joined: sitk.Image = sitk.JoinSeries(
+            [sitk.GetImageFromArray(np.ascontiguousarray(a)) for a in array]
+        )
+        return joined
     return sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
 
 
@@ -223,6 +178,7 @@ def write_itk(target: Path, volume: Volume) -> None:
     except RuntimeError as exc:
         raise MedsegInputError(f"cannot save {target.name}: invalid geometry") from exc
     compress = extension_of(target) in _COMPRESSED_EXTENSIONS
+    fmt = FORMATS[extension_of(target)]
 
     def write(tmp: Path) -> None:
         try:
@@ -235,4 +191,31 @@ def write_itk(target: Path, volume: Volume) -> None:
                 ) from exc
             raise
 
-    atomic_save(target, write)
+    def check(tmp: Path) -> None:
+        _verify_written(tmp, fmt, image)
+
+    atomic_save(target, write, check)
+
+
+def _verify_written(path: Path, fmt: str, image: sitk.Image) -> None:
+    """Read back the header of a file just written and check the length of its payload."""
+    reader = _itk_header(path, fmt)
+    expected = (image.GetSize(), image.GetPixelID(), image.GetNumberOfComponentsPerPixel())
+    found = (reader.GetSize(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    if found != expected:
+        raise WriteCheckError(
+            f"the file written reads back as {_describe(*found)}, not {_describe(*expected)}"
+        )
+    payload = _payload_of(path, fmt, found[0], found[2], reader)
+    if payload is None:
+        raise WriteCheckError("the file written cannot be checked")  # never for our writes
+    verify_payload(path.name, payload)
+
+
+def _describe(size: Sequence[int], pixel_id: int, components: int) -> str:
+    text = sitk.GetPixelIDValueAsString(pixel_id)
+    return (
+        " x ".join(str(s) for s in reversed(size))
+        + f" {text} voxels"
+        + (f" of {components} components" if components > 1 else "")
+    )

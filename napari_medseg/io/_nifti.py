@@ -197,7 +197,7 @@ def restore_non_finite(path: Path, array: npt.NDArray[Any]) -> None:
             if not bad.size:
                 continue
             found += int(bad.size)
-            if layout_ok:
+            if layout_ok and flat is not None:  # layout_ok implies flat is not None
                 restored = values[bad].astype(np.float64) * slope + inter
                 flat[position + bad] = restored.astype(array.dtype)
     except (OSError, EOFError, zlib.error):

@@ -8,6 +8,7 @@ distance between slices along the slice normal.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import SimpleITK as sitk
 
 from ..errors import MedsegInputError
 from ..volume import Volume
-from ._checks import refuse_channels, refuse_too_large
+from ._checks import refuse_channels, refuse_special_file, refuse_too_large, special_kind
 from ._geometry import GeometryWarning
 from ._itk import execute, quiet_itk, volume_from_itk
 
@@ -110,11 +111,12 @@ def list_dicom_series(folder: str | Path) -> list[DicomSeriesInfo]:
     Raises
     ------
     MedsegInputError
-        When ``folder`` is not a folder.
+        When ``folder`` is not a folder, or holds a FIFO, socket, device or broken link.
     """
     p = Path(folder).expanduser()
     if not p.is_dir():
         raise MedsegInputError(f"cannot list DICOM series: {p} is not a folder")
+    _refuse_special_entries(p)
     return [_series_info(p, uid) for uid in _series_ids(p)]
 
 
@@ -130,8 +132,15 @@ def dicom_series_uid(path: str | Path) -> str:
     -------
     str
         The UID, or ``""`` when the file has none.
+
+    Raises
+    ------
+    MedsegInputError
+        When ``path`` is not a regular file (a FIFO ...) or not a DICOM file.
     """
-    return _dicom_file_tags(Path(path)).get("series_uid", "")
+    p = Path(path)
+    refuse_special_file(p.name, p)
+    return _dicom_file_tags(p).get("series_uid", "")
 
 
 def _series_ids(folder: Path) -> list[str]:
@@ -189,6 +198,7 @@ def read_dicom(
     See :func:`~napari_medseg.io.read_volume` for the parameters and errors.
     """
     folder = path if path.is_dir() else path.parent
+    _refuse_special_entries(folder)
     if series_uid is None and path.is_file():
         series_uid = dicom_series_uid(path) or None
     uid = _choose_series(folder, series_uid)
@@ -207,6 +217,26 @@ def read_dicom(
     volume = volume_from_itk(image, folder.name, metadata)
     _check_slices(volume, reader, len(files), folder.name)
     return volume
+
+
+def _refuse_special_entries(folder: Path) -> None:
+    """Refuse a folder holding a FIFO, socket, device or broken link.
+
+    GDCM's folder scan does not skip them: a FIFO or a broken link makes it find no series,
+    a FIFO or socket can make it silently drop a real slice.
+    """
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if not e.is_dir() and not e.is_file())
+    except OSError as exc:
+        raise MedsegInputError(f"cannot read {folder}: {exc.strerror or exc}") from exc
+    if names:
+        kind = special_kind(folder / names[0]) or "not a regular file"
+        more = f" (and {len(names) - 1} more such entries)" if len(names) > 1 else ""
+        raise MedsegInputError(
+            f"cannot read the DICOM folder {folder.name}: {names[0]} in it is {kind}{more}, "
+            "which the DICOM reader cannot skip safely; move it out of the folder"
+        )
 
 
 def _choose_series(folder: Path, series_uid: str | None) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +18,7 @@ import numpy.typing as npt
 from ..errors import MedsegError, MedsegInputError
 from ..volume import Volume
 from ._checks import refuse_too_large
-from ._save import atomic_save
+from ._save import WriteCheckError, atomic_save
 
 if TYPE_CHECKING:
     import tifffile
@@ -118,7 +118,7 @@ def _tiff_geometry(
 
 def _tiff_resolution(tif: tifffile.TiffFile) -> tuple[float, float, str]:
     """Pixel size along y and x and its unit name, from the first page's tags."""
-    page = tif.pages[0]
+    page = cast("tifffile.TiffPage", tif.pages[0])  # the first page is never a TiffFrame
     tags = page.tags
     unit_code = int(getattr(tags.get("ResolutionUnit"), "value", 1))
     unit = {2: "inch", 3: "cm"}.get(unit_code, "")
@@ -158,7 +158,8 @@ def write_tiff(target: Path, volume: Volume) -> None:
         "direction": np.asarray(volume.direction).tolist(),
         "unit": "mm",
     }
-    per_cm = tuple(10.0 / s for s in volume.spacing[-2:][::-1])
+    y_mm, x_mm = volume.spacing[-2:]
+    per_cm = (10.0 / x_mm, 10.0 / y_mm)
 
     def write(tmp: Path) -> None:
         tifffile.imwrite(
@@ -172,4 +173,30 @@ def write_tiff(target: Path, volume: Volume) -> None:
             bigtiff=array.nbytes > 2**32 - 2**25,
         )
 
-    atomic_save(target, write)
+    def check(tmp: Path) -> None:
+        _verify_tiff(tmp, array)
+
+    atomic_save(target, write, check)
+
+
+def _verify_tiff(path: Path, array: npt.NDArray[Any]) -> None:
+    """A TIFF just written reads back with the shape and type written, all strips in the file."""
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            found = (tuple(series.shape), np.dtype(series.dtype))
+            extents = [
+                (int(offset), int(count))
+                for page in tif.pages
+                for offset, count in zip(page.dataoffsets, page.databytecounts)
+            ]
+    except Exception as exc:  # tifffile raises many types on damaged files
+        raise WriteCheckError("the file written is not a readable TIFF") from exc
+    if found != (array.shape, array.dtype):
+        raise WriteCheckError(f"the file written reads back as {found[0]} {found[1]}")
+    end = max((offset + count for offset, count in extents), default=0)
+    if end > size or sum(count for _, count in extents) == 0:
+        raise WriteCheckError(f"the file written is truncated ({size:,} of {end:,} bytes)")
