@@ -153,17 +153,19 @@ def train_network(
     started: float,
     calibration_region: Callable[[], np.ndarray] | None = None,
     first: bool = True,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> Generator[StepReport, None, NetworkResult]:
     """Train one network of the plan on ``batches`` until its budget, a divergence or Stop.
 
     ``started`` is when its budget began (``time.perf_counter()``). The network comes back
     in eval mode on the CPU however the run ends. With ``calibration_region`` and the plan's
     ``calibrate_batch_norm``, batch norm is re-estimated there after a run that is kept (one
-    that finished, or the ``first`` network), never after Stop.
+    that finished, or the ``first`` network), never after Stop. ``initial_state``: the
+    weights to continue from (a warm start).
     """
     config, member = plan.config, plan.member_config
     weights = class_weights_from_counts(plan.class_voxel_counts, power=plan.class_weight_power)
-    run = Optimisation(config, plan.network, plan.device, weights)
+    run = Optimisation(config, plan.network, plan.device, weights, initial_state)
     state, reason, tiles = _RunState(), None, None
     try:
         while (reason := _stop_reason(member, state, stop, time.perf_counter() - started)) is None:

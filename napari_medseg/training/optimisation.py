@@ -15,6 +15,7 @@ from ..losses import masked_cross_entropy, masked_soft_dice
 from ..models import NetworkConfig, build_network
 from ..models.calibration import batch_norm_layers, recalibrate_batch_norm
 from .config import TrainConfig
+from .warm import grown_state
 
 
 class Optimisation:
@@ -26,12 +27,15 @@ class Optimisation:
         net_config: NetworkConfig,
         device: torch.device,
         class_weights: torch.Tensor,
+        initial_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.config = config
         self.device = device
-        self.network = build_network(net_config).to(device)
+        network = build_network(net_config)
+        if initial_state is not None:  # a warm start; new classes keep their fresh weights
+            network.load_state_dict(grown_state(network.state_dict(), initial_state))
+        self.network = network.to(device)
         self.memory_format = memory_format_for(self.network)
-        # torch's stubs omit Module.to's documented memory_format keyword
         place(self.network, None, self.memory_format)
         self.network.train()
         self.weights = class_weights.to(device)

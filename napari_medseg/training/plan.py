@@ -19,6 +19,7 @@ from ..augmentation import AugmentConfig
 from ..batches import default_workers
 from ..device import resolve_device
 from ..errors import MedsegInputError
+from ..model import TrainedModel
 from ..models import NetworkConfig
 from ..normalization import IntensityNormalization
 from ..painted_slices import as_3d
@@ -32,6 +33,7 @@ from .defaults import (
     network_config_for,
     patch_shape_for,
 )
+from .warm import adopt_network, class_names_for
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class TrainingPlan:
     flips: bool
     batch_workers: int
     threads: int | None
+    init: TrainedModel | None = None
 
     @property
     def augment(self) -> AugmentConfig | None:
@@ -111,8 +114,12 @@ def plan_training(
     *,
     spacing: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
+    init: TrainedModel | None = None,
 ) -> TrainingPlan:
     """Check the input and resolve every automatic setting of a run.
+
+    With ``init`` (a warm start) the network, its patch and the intensity normalisation are
+    the earlier model's, and the classes are its classes plus any new structure painted.
 
     Raises
     ------
@@ -120,14 +127,20 @@ def plan_training(
         For unusable input, before any work.
     """
     config = config or TrainConfig()
+    if init is not None:
+        config = adopt_network(config, init)
     image = as_3d(image, "image")
     annotation = as_3d(annotation, "annotation")
     n_classes = validate_annotation(annotation, image.shape, declared_classes(class_names))
+    if init is not None:
+        n_classes = max(n_classes, init.config.n_classes)
     if not np.isfinite(image).any():
         raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
     spacing_t = checked_spacing(spacing, image.ndim)
     device = resolve_device(config.device)
-    normalization = IntensityNormalization.fit(image)
+    normalization = (
+        IntensityNormalization.fit(image) if init is None else init.config.normalization
+    )
     counts = tuple(int(np.count_nonzero(annotation == c + 1)) for c in range(n_classes))
     patch_shape = patch_shape_for(config, image.shape, spacing_t)
     freeze, power = config.freeze_batch_norm, config.class_weight_power
@@ -141,17 +154,26 @@ def plan_training(
     return TrainingPlan(
         config=config,
         n_classes=n_classes,
-        class_names=tuple(full_class_names(n_classes, class_names)),
+        class_names=tuple(
+            full_class_names(n_classes, class_names)
+            if init is None
+            else class_names_for(n_classes, init, class_names)
+        ),
         spacing=spacing_t,
         device=device,
         normalization=normalization,
         class_voxel_counts=counts,
         patch_shape=patch_shape,
-        network=network_config_for(config, n_classes, spacing_t, patch_shape),
+        network=(
+            network_config_for(config, n_classes, spacing_t, patch_shape)
+            if init is None
+            else replace(init.config.network, n_classes=n_classes, members=1)
+        ),
         planes=choose_planes(config, image.shape),
         freeze_batch_norm=default_freeze_batch_norm(n_classes - 1) if freeze is None else freeze,
         class_weight_power=default_class_weight_power(counts) if power is None else power,
         flips=flips,
         batch_workers=workers,
         threads=config.threads or gpu_torch_threads(device, workers),
+        init=init,
     )

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .loop import (
     train_network,
 )
 from .plan import TrainingPlan, plan_training
+from .warm import earlier_rounds, member_states, round_record
 
 
 @dataclass
@@ -57,8 +59,9 @@ def train(
     spacing: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
     stop: threading.Event | None = None,
+    init: TrainedModel | None = None,
 ) -> Generator[TrainProgress, None, TrainedModel]:
-    """Train a network on a sparse annotation.
+    """Train a network on a sparse annotation, from scratch or continuing from ``init``.
 
     Parameters
     ----------
@@ -75,6 +78,10 @@ def train(
     stop : threading.Event, optional
         Set it from another thread to end training after the current step; the model
         trained so far is returned.
+    init : TrainedModel, optional
+        A model to continue from (a warm start: its network, weights and intensity
+        normalisation are kept; a structure it did not know gets a new output). Its rounds
+        are kept in the new model's history, this run added as the next.
 
     Yields
     ------
@@ -91,10 +98,12 @@ def train(
     MedsegInputError
         For unusable input (checked before any training).
     """
-    plan = plan_training(image, annotation, config, spacing=spacing, class_names=class_names)
+    plan = plan_training(
+        image, annotation, config, spacing=spacing, class_names=class_names, init=init
+    )
     start = time.perf_counter()
     members = yield from run_plan(plan, image, annotation, stop, start)
-    return assemble_model(plan, members, start)
+    return assemble_model(plan, members, start, as_3d(annotation, "annotation"))
 
 
 def run_plan(
@@ -114,6 +123,7 @@ def run_plan(
     workers = plan.batch_workers
     region = functools.partial(decided_region, normalized, target, plan.patch_shape)
     members = _Members()
+    states = member_states(plan.init) if plan.init is not None else None
     with torch_threads(plan.threads):
         batches = PrefetchedBatches(make, rng, workers) if workers else SerialBatches(make, rng)
         try:
@@ -121,7 +131,10 @@ def run_plan(
                 if member:
                     torch.manual_seed(plan.config.seed + member)
                 started = start if member == 0 else time.perf_counter()
-                network = train_network(plan, batches, stop, started, region, first=member == 0)
+                network = train_network(
+                    plan, batches, stop, started, region, first=member == 0,
+                    initial_state=states[member] if states else None,
+                )
                 wrap = _member_progress(plan, member, members.steps, start, started)
                 result = yield from relay(network, wrap)
                 members.results.append(result)
@@ -158,9 +171,11 @@ def _member_progress(
     return wrap
 
 
-def assemble_model(plan: TrainingPlan, members: _Members, start: float) -> TrainedModel:
+def assemble_model(
+    plan: TrainingPlan, members: _Members, start: float, annotation: np.ndarray
+) -> TrainedModel:
     """The trained model (an :class:`~napari_medseg.models.Ensemble` of the kept networks
-    when there are several) with its config and the run's history."""
+    when there are several) with its config and the run's history, this round included."""
     kept = [r.network for r in members.kept]
     net_config = plan.network
     if len(kept) > 1:
@@ -169,7 +184,7 @@ def assemble_model(plan: TrainingPlan, members: _Members, start: float) -> Train
     else:
         network = kept[0]
     last = members.results[-1]
-    history = {
+    history: dict[str, Any] = {
         "steps": members.steps,
         "seconds": round(time.perf_counter() - start, 3),
         "final_loss": float(np.mean(last.losses[-10:])) if last.losses else None,
@@ -187,6 +202,9 @@ def assemble_model(plan: TrainingPlan, members: _Members, start: float) -> Train
         ],
         "planes": list(plan.planes),
     }
+    rounds = earlier_rounds(plan.init)
+    this = round_record(annotation, plan.config, history, plan.init is not None, rounds)
+    history["rounds"] = [*rounds, this]
     model_config = ModelConfig(
         network=net_config,
         class_names=list(plan.class_names),
