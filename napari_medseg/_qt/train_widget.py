@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 from napari.viewer import Viewer
-from qtpy.QtWidgets import QFileDialog, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFileDialog, QVBoxLayout, QWidget
 
-from ..annotation import validate_annotation
+from ..annotation import declared_classes, validate_annotation
 from ..errors import MedsegInputError
 from ._common import button, form_layout, section_title, separator
 from ._forms import ConfigForm
@@ -24,6 +24,7 @@ from ._state import MODELS, ModelRegistry
 from ._worker import report_error, run_function
 
 BASIC_FIELDS = ("arch", "time_budget", "iterations", "device", "seed")
+
 MODEL_FILE_FILTER = "MedSeg model (*.safetensors);;All files (*)"
 
 
@@ -46,6 +47,7 @@ class TrainWidget(RunsJob, QWidget):
         self.registry = registry if registry is not None else MODELS
         self.model: Any = None
         self.model_name: str | None = None
+        self._model_image: tuple[str, tuple[int, ...]] | None = None  # what it was trained on
         self._last_progress: Any = None
 
         self.image_picker = image_picker(napari_viewer)
@@ -53,6 +55,9 @@ class TrainWidget(RunsJob, QWidget):
             napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
         )
         self.form = ConfigForm(TrainConfig, BASIC_FIELDS)
+        self.continue_box = QCheckBox("Continue from the last model")
+        self.continue_box.setChecked(True)
+        self.continue_box.setVisible(False)
         self.train_button = button("Train", "Train a new model on the image and annotation")
         self.stop_button = button("Stop", "End training after the current step; keep the model")
         self.job = JobControls(
@@ -72,6 +77,7 @@ class TrainWidget(RunsJob, QWidget):
         layout.addWidget(separator())
         layout.addWidget(section_title("Settings"))
         layout.addWidget(self.form)
+        layout.addWidget(self.continue_box)
         layout.addLayout(self.job.button_row())
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -93,8 +99,7 @@ class TrainWidget(RunsJob, QWidget):
         image = layer_array(image_layer)
         annotation = np.array(layer_array(annotation_layer), copy=True)  # snapshot
         names = class_names_of(annotation_layer)
-        n_classes = len(names) + 1 if names else None
-        validate_annotation(annotation, image.shape, n_classes)
+        validate_annotation(annotation, image.shape, declared_classes(names))  # as training does
         config = self.form.config()  # checked when made
         spacing = spacing_of(image_layer)
         if not np.allclose(spacing_of(annotation_layer), spacing, rtol=1e-3):
@@ -115,6 +120,7 @@ class TrainWidget(RunsJob, QWidget):
         if self.is_running:
             return False
         from ..training import train
+        from ..training.warm import with_warm_budget
 
         try:
             image, annotation, config, spacing, names = self._inputs()
@@ -123,16 +129,41 @@ class TrainWidget(RunsJob, QWidget):
             return False
         self._last_progress = None
         self._image_name = self.image_picker.layer().name
-        self._arch = config.arch
+        init = self.continued_model(image.shape)
+        if init is not None:
+            config = with_warm_budget(config)
+        self._arch = init.config.arch if init is not None else config.arch
+        self._trained_on = (self._image_name, tuple(image.shape))
         self.job.start(
             lambda stop: train(
-                image, annotation, config, spacing=spacing, class_names=names, stop=stop
+                image, annotation, config, spacing=spacing, class_names=names, stop=stop,
+                init=init,
             ),
-            message="training…",
+            message=f"continuing from '{self.model_name}'…" if init is not None else "training…",
             on_yield=self._on_progress,
             on_return=self._on_model,
         )
         return True
+
+    def continued_model(self, shape: tuple[int, ...]) -> Any:
+        """The model the next run continues from: the last one trained here, on this image,
+        while "Continue from the last model" is ticked (else None: from scratch)."""
+        if self.model is None or not self.continue_box.isChecked():
+            return None
+        if self._model_image != (self._image_name, tuple(shape)):
+            return None
+        return self.model
+
+    def _offer_continuing(self) -> None:
+        from ..training.warm import WARM_START_BUDGET
+
+        budget = f"{WARM_START_BUDGET:.0f} s unless you change the time budget"
+        self.continue_box.setText(f"Continue from '{self.model_name}' ({budget})")
+        self.continue_box.setToolTip(
+            "Train on from the last model's weights: painting one more slice and training "
+            "again takes seconds. Untick to train a new network from scratch."
+        )
+        self.continue_box.setVisible(True)
 
     def stop_training(self) -> None:
         """Ask training to end after the current step (the model so far is kept)."""
@@ -150,6 +181,8 @@ class TrainWidget(RunsJob, QWidget):
         arch = self._arch if members == 1 else f"{members} × {self._arch}"
         entry = self.registry.add(f"{arch} · {self._image_name} · {stamp}", model)
         self.model_name = entry.name
+        self._model_image = self._trained_on
+        self._offer_continuing()
         steps = history.get("steps", "?")
         loss = history.get("final_loss")
         reason = history.get("stop_reason", "finished")

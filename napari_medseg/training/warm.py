@@ -44,6 +44,15 @@ def adopt_network(config: TrainConfig, init: TrainedModel) -> TrainConfig:
     return replace(config, **values)
 
 
+def with_warm_budget(config: TrainConfig) -> TrainConfig:
+    """A continued round's settings: the default time budget becomes the shorter one of a
+    warm start (:data:`WARM_START_BUDGET`); a budget the user chose stays."""
+    default = TrainConfig.__dataclass_fields__["time_budget"].default
+    if config.time_budget == default:
+        return replace(config, time_budget=WARM_START_BUDGET)
+    return config
+
+
 def member_states(init: TrainedModel) -> list[dict[str, torch.Tensor]]:
     """The weights of each network of ``init`` (one for a single network)."""
     network = init.network

@@ -1,0 +1,62 @@
+"""The Train widget continues from its last model by default, and says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_medseg._qt.train_widget import TrainWidget
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 120_000
+
+
+def _train(widget, qtbot):
+    assert widget.start_training()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
+    return widget.model
+
+
+def test_train_again_continues_from_the_last_model(synthetic_viewer, qtbot, models):
+    widget = TrainWidget(synthetic_viewer)
+    synthetic_viewer.window.add_dock_widget(widget, area="right")
+    widget.form.set_values(iterations=2, time_budget=None, device="cpu")
+    assert widget.continue_box.isHidden()
+
+    first = _train(widget, qtbot)
+    assert [r["start"] for r in first.config.history["rounds"]] == ["scratch"]
+    assert not widget.continue_box.isHidden() and widget.continue_box.isChecked()
+    assert widget.model_name in widget.continue_box.text()
+
+    annotation = synthetic_viewer.layers["synthetic annotation"]
+    data = annotation.data.copy()
+    data[1] = 1  # one more slice painted, all background
+    annotation.data = data
+    second = _train(widget, qtbot)
+    assert [r["start"] for r in second.config.history["rounds"]] == ["scratch", "continued"]
+    assert second.config.normalization == first.config.normalization
+
+    widget.continue_box.setChecked(False)  # from scratch again
+    third = _train(widget, qtbot)
+    assert [r["start"] for r in third.config.history["rounds"]] == ["scratch"]
+
+
+def test_a_continued_round_gets_the_short_budget_unless_one_is_chosen(synthetic_viewer):
+    from napari_medseg.training import TrainConfig
+    from napari_medseg.training.warm import WARM_START_BUDGET, with_warm_budget
+
+    assert with_warm_budget(TrainConfig()).time_budget == WARM_START_BUDGET
+    assert with_warm_budget(TrainConfig(time_budget=90.0)).time_budget == 90.0
+    assert with_warm_budget(TrainConfig(time_budget=None, iterations=5)).time_budget is None
+
+
+def test_a_different_image_trains_from_scratch(synthetic_viewer, qtbot, models):
+    import numpy as np
+
+    widget = TrainWidget(synthetic_viewer)
+    widget.form.set_values(iterations=2, time_budget=None, device="cpu")
+    _train(widget, qtbot)
+    image = synthetic_viewer.layers["synthetic"]
+    synthetic_viewer.add_image(np.asarray(image.data)[:, :, :30].copy(), name="cropped")
+    assert widget.continued_model((16, 32, 30)) is None
+    widget._image_name = "synthetic"
+    assert widget.continued_model((16, 32, 32)) is widget.model
