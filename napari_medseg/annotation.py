@@ -10,6 +10,7 @@ Segmentation and expert mask:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,12 @@ from .errors import MedsegInputError
 UNKNOWN = 0
 BACKGROUND = 1
 IGNORE_INDEX = -1
+#: Most classes a model may have, background included: annotation values up to this
+#: (structure ``k`` is painted as ``k + 1``). Model files are held to the same bound.
+MAX_CLASSES = 256
+
+_AXES = "zyx"
+_CHUNK = 1 << 22  # voxels counted at a time (bounded temporary memory)
 
 
 def annotation_to_target(annotation: np.ndarray) -> np.ndarray:
@@ -112,12 +119,112 @@ def keep_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
     return int(np.count_nonzero(painted))
 
 
+def declared_classes(class_names: Sequence[str] | None) -> int | None:
+    """Number of classes (background included) that the given names declare, if any.
+
+    ``None`` when no names are given; a first name ``background`` (any case) is not a
+    structure.
+    """
+    names = list(class_names or [])
+    if not names:
+        return None
+    return len(names) + (0 if names[0].lower() == "background" else 1)
+
+
+def painted_counts(annotation: np.ndarray, n_values: int) -> np.ndarray:
+    """Voxels per annotation value ``0 .. n_values - 1``, in one pass of bounded memory.
+
+    Every value must be a whole number below ``n_values`` (see :func:`validate_annotation`);
+    nothing is allocated by value beyond ``n_values`` counters.
+    """
+    flat = np.ravel(np.asarray(annotation))
+    counts = np.zeros(n_values, np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start : start + _CHUNK].astype(np.intp, copy=False)
+        counts += np.bincount(chunk, minlength=n_values)[:n_values]
+    return counts
+
+
+def _value_text(value: Any) -> str:
+    whole = int(value)
+    return str(whole) if abs(whole) < 10**20 else f"{float(value):.3g}"
+
+
+def _voxels_of(annotation: np.ndarray, value: Any) -> str:
+    """``annotation value V (N voxels, first at z=.. y=.. x=..)``: where a value is painted."""
+    hits = annotation == value
+    count = int(np.count_nonzero(hits))
+    first = [int(i) for i in np.unravel_index(int(np.argmax(hits)), annotation.shape)]
+    if 0 < len(first) <= len(_AXES):
+        where = " ".join(f"{a}={i}" for a, i in zip(_AXES[-len(first) :], first))
+    else:
+        where = f"index {tuple(first)}"
+    plural = "" if count == 1 else "s"
+    return f"annotation value {_value_text(value)} ({count} voxel{plural}, first at {where})"
+
+
+def _check_declared(n_classes: int | None) -> None:
+    if n_classes is not None and n_classes > MAX_CLASSES:
+        raise MedsegInputError(
+            f"{n_classes - 1} structures named; a model may have at most {MAX_CLASSES - 1} "
+            "structures (plus background)"
+        )
+
+
+def _refuse_beyond(annotation: np.ndarray, top: Any, n_classes: int | None) -> None:
+    """Refuse the largest value when it is beyond the declared structures or the bound."""
+    if n_classes is not None and top > n_classes:
+        raise MedsegInputError(
+            f"{_voxels_of(annotation, top)} is outside the {n_classes - 1} declared "
+            "structure(s) (structure k is painted as k+1): name every painted structure, "
+            "or erase or relabel those voxels"
+        )
+    if top > MAX_CLASSES:
+        raise MedsegInputError(
+            f"{_voxels_of(annotation, top)} is beyond the {MAX_CLASSES - 1} structures a "
+            "model may have (structure k is painted as k+1): erase or relabel those voxels"
+        )
+
+
+def _runs(values: list[int]) -> str:
+    """``3, 5-9``: sorted values as runs (at most four shown)."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = [str(a) if a == b else f"{a}-{b}" for a, b in runs[:4]]
+    return ", ".join(text) + (", ..." if len(runs) > 4 else "")
+
+
+def _refuse_gaps(annotation: np.ndarray, counts: np.ndarray, top: int, known: int) -> None:
+    """With no names, the structures are the values painted (and the ``known`` classes):
+    none may be skipped."""
+    missing = [v for v in range(max(BACKGROUND, known) + 1, top) if counts[v] == 0]
+    if missing:
+        n = len(missing)
+        raise MedsegInputError(
+            f"{_voxels_of(annotation, top)} leaves {n} structure{'' if n == 1 else 's'} "
+            f"never painted (value{'' if n == 1 else 's'} {_runs(missing)}): name the "
+            "structures, or relabel so that structures 1, 2, ... are painted as 2, 3, ... "
+            "with none skipped"
+        )
+
+
 def validate_annotation(
     annotation: np.ndarray,
     image_shape: Sequence[int],
     n_classes: int | None = None,
+    *,
+    known: int = 0,
 ) -> int:
     """Check that an annotation can be trained on, and return the number of classes.
+
+    The classes are the ones declared (``n_classes``, from the structure names), else the
+    values painted, which must then run ``2, 3, ...`` without a gap; either way at most
+    :data:`MAX_CLASSES`. A value beyond them is refused with its voxel count and first
+    position. The check reads every voxel a few times and allocates nothing by value.
 
     Parameters
     ----------
@@ -127,6 +234,9 @@ def validate_annotation(
         Shape of the image it annotates.
     n_classes : int, optional
         Declared number of classes including background; values above it are refused.
+    known : int
+        Classes already known (background included; a warm start's model): without
+        ``n_classes``, these may go unpainted, and painted values may go beyond them.
 
     Returns
     -------
@@ -144,26 +254,24 @@ def validate_annotation(
             f"annotation shape {tuple(annotation.shape)} differs from image shape "
             f"{tuple(image_shape)}"
         )
+    _check_declared(n_classes)
     check_painted(annotation)
-    values = np.unique(annotation)
-    painted = values[values > 0]
-    if painted.size == 0:
+    top = annotation.max() if annotation.size else 0  # the array's type: compared exactly
+    if top <= 0:
         raise MedsegInputError("annotation has no annotated voxel: paint at least one slice")
+    _refuse_beyond(annotation, top, n_classes)
+    counts = painted_counts(annotation, int(top) + 1)
+    painted = np.flatnonzero(counts[1:]) + 1
     if painted.size == 1:
         only = int(painted[0])
         what = "background" if only == 1 else f"structure {only - 1}"
         raise MedsegInputError(
             f"annotation holds only one class ({what}): paint background and at least one structure"
         )
-    top = int(values.max())  # value k+1 -> classes 0..k, i.e. k+1 classes
     if n_classes is not None:
-        if top > n_classes:
-            raise MedsegInputError(
-                f"annotation value {top} (structure {top - 1}) is outside the "
-                f"{n_classes - 1} declared structure(s)"
-            )
         return int(n_classes)
-    return max(top, 2)
+    _refuse_gaps(annotation, counts, int(top), known)
+    return max(int(top), 2)
 
 
 def annotated_slices(annotation: np.ndarray, axis: int) -> list[int]:

@@ -436,7 +436,8 @@ def crossval(
     }
     k = config.folds
     start = time.perf_counter()
-    case = _Case(image, annotation, units, n_structures, spacing, class_names)
+    # every fold trains for all the structures, even one its training slices lack
+    case = _Case(image, annotation, units, n_structures, spacing, list(names.values()))
     results: list[FoldResult] = []
     for fold, held in enumerate(plan):
         if _is_set(stop):

@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .errors import MedsegInputError
-from .models import NetworkConfig
+from .models import NetworkConfig, brief_repr, is_int
 from .normalization import IntensityNormalization
 
 #: Version of the model file's config layout.
@@ -84,50 +84,130 @@ class ModelConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`.
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; every field's JSON type and bounds are checked
+        (:func:`_bounded_config`) before anything is built from it.
 
         Raises
         ------
         MedsegInputError
-            For a config written by an incompatible version or missing fields.
+            For a config written by an incompatible version, missing fields, or fields of
+            the wrong type or out of bounds.
         """
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise MedsegInputError(
-                f"model file format version {version!r} is not supported (this napari-medseg "
-                f"{__version__} reads version {FORMAT_VERSION}); retrain or upgrade"
-            )
         try:
-            network = NetworkConfig.from_dict(data["network"])
-            if len(data["class_names"]) != network.n_classes:
-                raise MedsegInputError(
-                    f"model config names {len(data['class_names'])} classes but its network "
-                    f"has {network.n_classes} outputs"
-                )
-            return cls(
-                network=network,
-                class_names=[str(n) for n in data["class_names"]],
-                normalization=IntensityNormalization.from_dict(data["normalization"]),
-                spacing=tuple(float(s) for s in data["spacing"]),
-                patch_shape=tuple(int(s) for s in data["patch_shape"]),
-                planes=_planes(data.get("planes", [0])),
-                training=dict(data.get("training", {})),
-                history=dict(data.get("history", {})),
-                medseg_version=str(data.get("medseg_version", "?")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
+            return cls(**_bounded_config(data))
+        except MedsegInputError:
+            raise
+        except (TypeError, ValueError) as exc:
             raise MedsegInputError(f"model config is incomplete or invalid: {exc}") from None
+
+
+#: Fields a model config must have.
+_REQUIRED = ("network", "class_names", "normalization", "spacing", "patch_shape")
+#: Bounds of the other fields.
+MAX_NAME_CHARS = 200
+MAX_SPACING_MM = 1e6
+MAX_PATCH_SIZE = 4096
+
+
+def _json_type(value: object) -> str:
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (dict, "an object"),
+                       (list, "a list"), (int, "a number"), (float, "a number")):
+        if isinstance(value, kind):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+def _bounded_config(data: Any) -> dict[str, Any]:
+    """The keyword arguments of :class:`ModelConfig` from a config's JSON, every field
+    checked for its JSON type and bounds first.
+
+    Raises
+    ------
+    MedsegInputError
+        For another format version, or a network, class names or normalisation that are
+        not what this version writes.
+    ValueError
+        For any other field missing, of the wrong type or out of bounds.
+    """
+    if not isinstance(data, dict):
+        raise MedsegInputError(f"model config must be a JSON object, not {_json_type(data)}")
+    version = data.get("format_version")
+    if not is_int(version) or version != FORMAT_VERSION:
+        raise MedsegInputError(
+            f"model file format version {brief_repr(version)} is not supported (this "
+            f"napari-medseg {__version__} reads version {FORMAT_VERSION}); retrain or upgrade"
+        )
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise ValueError(f"no {missing[0]!r}")
+    network = NetworkConfig.from_dict(data["network"])
+    return {
+        "network": network,
+        "class_names": _class_names(data["class_names"], network.n_classes),
+        "normalization": IntensityNormalization.from_dict(data["normalization"]),
+        "spacing": _numbers(data["spacing"], "spacing", MAX_SPACING_MM),
+        "patch_shape": _sizes(data["patch_shape"], "patch_shape", MAX_PATCH_SIZE),
+        "planes": _planes(data.get("planes", [0])),
+        "training": _object(data.get("training", {}), "training"),
+        "history": _object(data.get("history", {}), "history"),
+        "medseg_version": _text(data.get("medseg_version", "?"), "medseg_version"),
+    }
+
+
+def _text(value: Any, name: str) -> str:
+    """A short, printable string (it goes into one-line messages and the GUI)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {_json_type(value)}")
+    if len(value) > MAX_NAME_CHARS or not value.isprintable():
+        raise ValueError(f"{name} {brief_repr(value)} is not a short printable string")
+    return value
+
+
+def _class_names(value: Any, n_classes: int) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"class_names must be a list of names, not {_json_type(value)}")
+    if len(value) != n_classes:
+        raise MedsegInputError(
+            f"model config names {len(value)} classes but its network has {n_classes} outputs"
+        )
+    return [_text(name, "class name") for name in value]
+
+
+def _numbers(value: Any, name: str, high: float) -> tuple[float, float, float]:
+    """Three positive finite numbers up to ``high``."""
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"{name} must be a list of 3 numbers, not {brief_repr(value)}")
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or not all(0 < v <= high for v in value):  # NaN compares false
+        raise ValueError(f"{name} must be 3 numbers above 0 and up to {high:g}, "
+                         f"not {brief_repr(value)}")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _sizes(value: Any, name: str, high: int) -> tuple[int, int, int]:
+    """Three ints from 1 to ``high``."""
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"{name} must be a list of 3 ints, not {brief_repr(value)}")
+    if not all(is_int(v) and 1 <= v <= high for v in value):
+        raise ValueError(f"{name} must be 3 ints from 1 to {high}, not {brief_repr(value)}")
+    return (value[0], value[1], value[2])
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, not {_json_type(value)}")
+    return value
 
 
 def _planes(value: Any) -> tuple[int, ...]:
     """Validated ``planes`` of a model config: distinct axes 0-2, sorted."""
     if not isinstance(value, list) or not value:
-        raise ValueError(f"planes must be a non-empty list, not {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        raise ValueError(f"planes must be axes 0, 1 or 2, not {value!r}")
+        raise ValueError(f"planes must be a non-empty list, not {brief_repr(value)}")
+    if not all(is_int(v) for v in value):
+        raise ValueError(f"planes must be axes 0, 1 or 2, not {brief_repr(value)}")
     if not all(0 <= v <= 2 for v in value) or value != sorted(set(value)):
-        raise ValueError(f"planes must be distinct sorted axes 0, 1 or 2, not {value!r}")
+        raise ValueError(f"planes must be distinct sorted axes 0, 1 or 2, not {brief_repr(value)}")
     return tuple(value)
 
 

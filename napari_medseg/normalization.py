@@ -61,11 +61,36 @@ class IntensityNormalization:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, float]) -> IntensityNormalization:
-        """Inverse of :meth:`to_dict`."""
-        values = {k: float(data[k]) for k in ("lower", "upper", "mean", "std")}
+    def from_dict(cls, data: object) -> IntensityNormalization:
+        """Inverse of :meth:`to_dict`.
+
+        Raises
+        ------
+        MedsegInputError
+            Unless ``data`` maps each of ``lower``, ``upper``, ``mean`` and ``std`` to a
+            finite number (not a string or a boolean), with ``std > 0`` and
+            ``lower <= upper``: a model file's normalisation is foreign input.
+        """
+        keys = ("lower", "upper", "mean", "std")
+        if not isinstance(data, dict) or not all(_is_number(data.get(k)) for k in keys):
+            raise MedsegInputError(
+                "model normalisation must be an object of numbers: lower, upper, mean, std"
+            )
+        values = {k: _float(data[k]) for k in keys}
         if not all(np.isfinite(v) for v in values.values()):
             raise MedsegInputError("model normalisation holds non-finite values")
         if values["std"] <= 0 or values["lower"] > values["upper"]:
             raise MedsegInputError("model normalisation is invalid (std <= 0 or lower > upper)")
         return cls(**values)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _float(value: float) -> float:
+    """``float(value)``; an integer too large for a float is infinite (then refused)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict, get_args
 
 from torch import nn
 
+from ..annotation import MAX_CLASSES
 from ..errors import MedsegInputError
 from .blocks import Triple
 from .ensemble import Ensemble
@@ -30,19 +31,52 @@ Arch = Literal["unet3d", "unet2d", "fcn"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 #: Most networks one ensemble may hold.
 MAX_MEMBERS = 10
+#: Bounds of a network's sizes: a model file's config must not make us build a huge one.
+MAX_IN_CHANNELS = 16
+MAX_BASE_CHANNELS = 256
+MAX_POOL_STEPS = 6
+MAX_POOL = 8
+MAX_KERNEL = 7
+#: Most channels of the 3D U-Net's coarsest level (``base_channels * 2**steps``).
+MAX_WIDTH = 4096
+
+#: Integer fields: (lowest, highest).
+_INT_BOUNDS = {
+    "in_channels": (1, MAX_IN_CHANNELS),
+    "n_classes": (2, MAX_CLASSES),
+    "base_channels": (1, MAX_BASE_CHANNELS),
+    "members": (1, MAX_MEMBERS),
+    "norm_groups": (0, 64),
+}
+
+
+def brief_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages about foreign input."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)}>"  # no repr of a huge container
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_int(value: object) -> bool:
+    """A JSON integer: an ``int`` that is not a ``bool``."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _triples(value: Any, name: str, odd: bool) -> list[Triple] | None:
     if value is None:
         return None
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of 3-tuples, got {value!r}")
+        raise ValueError(f"{name} must be a list of 3-tuples, got {brief_repr(value)}")
+    if len(value) > MAX_POOL_STEPS + 1:
+        raise ValueError(f"{name} has {len(value)} entries; at most {MAX_POOL_STEPS + 1}")
+    top = MAX_KERNEL if odd else MAX_POOL
     out: list[Triple] = []
     for item in value:
         if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 3:
-            raise ValueError(f"{name} entries must be 3 ints, got {item!r}")
-        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in item):
-            raise ValueError(f"{name} entries must be positive ints, got {item!r}")
+            raise ValueError(f"{name} entries must be 3 ints, got {brief_repr(item)}")
+        if not all(is_int(v) and 1 <= v <= top for v in item):
+            raise ValueError(f"{name} entries must be ints from 1 to {top}, got {brief_repr(item)}")
         if odd and any(v % 2 == 0 for v in item):
             raise ValueError(f"{name} entries must be odd ('same' padding), got {item!r}")
         out.append((int(item[0]), int(item[1]), int(item[2])))
@@ -101,27 +135,25 @@ class NetworkConfig:
     members: int = 1
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHS:
+        """Check every field's type and bounds (before anything is built from them)."""
+        if not isinstance(self.arch, str) or self.arch not in ARCHS:
             raise MedsegInputError(
-                f"unknown network arch {self.arch!r}; expected one of {', '.join(ARCHS)}"
+                f"unknown network arch {brief_repr(self.arch)}; expected one of {', '.join(ARCHS)}"
             )
-        for name in ("in_channels", "n_classes", "base_channels", "members"):
+        for name, (low, high) in _INT_BOUNDS.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.members > MAX_MEMBERS:  # a file's config must not make us build thousands
-            raise ValueError(f"members must be at most {MAX_MEMBERS}, got {self.members}")
+            if not is_int(value) or not low <= value <= high:
+                raise ValueError(
+                    f"{name} must be an int from {low} to {high}, got {brief_repr(value)}"
+                )
         if not isinstance(self.batch_norm, bool):
-            raise ValueError(f"batch_norm must be a bool, got {self.batch_norm!r}")
-        groups = self.norm_groups
-        if isinstance(groups, bool) or not isinstance(groups, int) or not 0 <= groups <= 64:
-            raise ValueError(f"norm_groups must be an int from 0 to 64, got {groups!r}")
+            raise ValueError(f"batch_norm must be a bool, got {brief_repr(self.batch_norm)}")
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, (int, float))
             or not 0.0 <= float(self.dropout) < 1.0
         ):
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"dropout must be a number in [0, 1), got {brief_repr(self.dropout)}")
         self.dropout = float(self.dropout)
         self.pool_sizes = _triples(self.pool_sizes, "pool_sizes", odd=False)
         self.kernel_sizes = _triples(self.kernel_sizes, "kernel_sizes", odd=True)
@@ -130,7 +162,12 @@ class NetworkConfig:
                 f"pool_sizes / kernel_sizes apply to unet3d only; leave them None for {self.arch}"
             )
         if self.arch == "unet3d":
-            resolve_pools_kernels(self.pool_sizes, self.kernel_sizes)  # checks the lengths
+            pools, _ = resolve_pools_kernels(self.pool_sizes, self.kernel_sizes)  # the lengths
+            if len(pools) > MAX_POOL_STEPS or self.base_channels << len(pools) > MAX_WIDTH:
+                raise ValueError(
+                    f"{len(pools)} pooling steps from {self.base_channels} channels: at most "
+                    f"{MAX_POOL_STEPS} steps and {MAX_WIDTH} channels at the coarsest level"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists)."""
@@ -153,10 +190,12 @@ class NetworkConfig:
         if not isinstance(data, Mapping):
             raise MedsegInputError(f"network config must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
+            shown = ", ".join(brief_repr(k)[1:-1] for k in unknown[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
             raise MedsegInputError(
-                f"network config has unknown key(s) {', '.join(map(str, unknown))}: "
+                f"network config has unknown key(s) {shown}{more}: "
                 "written by another version of napari-medseg?"
             )
         try:
@@ -224,10 +263,18 @@ __all__ = [
     "Arch",
     "FCN2D",
     "Ensemble",
+    "MAX_BASE_CHANNELS",
+    "MAX_IN_CHANNELS",
+    "MAX_KERNEL",
     "MAX_MEMBERS",
+    "MAX_POOL",
+    "MAX_POOL_STEPS",
+    "MAX_WIDTH",
     "NetworkConfig",
     "UNet2D",
     "UNet3D",
+    "brief_repr",
     "build_network",
     "count_parameters",
+    "is_int",
 ]

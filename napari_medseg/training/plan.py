@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..annotation import validate_annotation
+from ..annotation import declared_classes, painted_counts, validate_annotation
 from ..augmentation import AugmentConfig
 from ..batches import default_workers
 from ..device import resolve_device
@@ -78,14 +78,6 @@ class TrainingPlan:
         return config
 
 
-def declared_classes(class_names: Sequence[str] | None) -> int | None:
-    """Number of classes (background included) that the given names declare, if any."""
-    names = list(class_names or [])
-    if not names:
-        return None
-    return len(names) + (0 if names[0].lower() == "background" else 1)
-
-
 def full_class_names(n_classes: int, class_names: Sequence[str] | None) -> list[str]:
     """``n_classes`` names, background first; unnamed structures are ``structure k``."""
     names = list(class_names or [])
@@ -131,7 +123,10 @@ def plan_training(
         config = adopt_network(config, init)
     image = as_3d(image, "image")
     annotation = as_3d(annotation, "annotation")
-    n_classes = validate_annotation(annotation, image.shape, declared_classes(class_names))
+    known = 0 if init is None else init.config.n_classes  # its classes may go unpainted
+    n_classes = validate_annotation(
+        annotation, image.shape, declared_classes(class_names), known=known
+    )
     if init is not None:
         n_classes = max(n_classes, init.config.n_classes)
     if not np.isfinite(image).any():
@@ -141,7 +136,7 @@ def plan_training(
     normalization = (
         IntensityNormalization.fit(image) if init is None else init.config.normalization
     )
-    counts = tuple(int(np.count_nonzero(annotation == c + 1)) for c in range(n_classes))
+    counts = tuple(int(c) for c in painted_counts(annotation, n_classes + 1)[1:])
     patch_shape = patch_shape_for(config, image.shape, spacing_t)
     freeze, power = config.freeze_batch_norm, config.class_weight_power
     if config.flips == "auto":
