@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .errors import MedsegInputError
-from .models import NetworkConfig, brief_repr, is_int
+from .models import MAX_PATCH_SIZE, NetworkConfig, brief_repr, is_int
 from .normalization import IntensityNormalization
 
 #: Version of the model file's config layout.
@@ -107,7 +107,6 @@ _REQUIRED = ("network", "class_names", "normalization", "spacing", "patch_shape"
 #: Bounds of the other fields.
 MAX_NAME_CHARS = 200
 MAX_SPACING_MM = 1e6
-MAX_PATCH_SIZE = 4096
 
 
 def _json_type(value: object) -> str:

@@ -39,6 +39,8 @@ MAX_POOL = 8
 MAX_KERNEL = 7
 #: Most channels of the 3D U-Net's coarsest level (``base_channels * 2**steps``).
 MAX_WIDTH = 4096
+#: Largest training patch along one axis (voxels), in a config and in a model file.
+MAX_PATCH_SIZE = 4096
 
 #: Integer fields: (lowest, highest).
 _INT_BOUNDS = {

@@ -7,7 +7,7 @@ from typing import Literal
 
 from ..device import DeviceName
 from ..errors import MedsegInputError
-from ..models import MAX_MEMBERS, Arch
+from ..models import MAX_MEMBERS, MAX_PATCH_SIZE, Arch
 from ..options import check_choice, option
 
 Planes = Literal["one", "three"]
@@ -64,7 +64,7 @@ class TrainConfig:
     patch_shape: tuple[int, int, int] | None = option(
         None, help="training patch in voxels, array order",
         none_text="chosen from the image size and spacing", suggest=(32, 64, 64),
-        min=1, max=4096, metavar="N",
+        min=1, max=MAX_PATCH_SIZE, metavar="N",
     )
     batch_size: int = option(2, help="patches per optimisation step", min=1, max=256)
     learning_rate: float = option(1e-2, help="peak learning rate of AdamW (warm-up, then "
