@@ -15,16 +15,18 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from .annotation import check_painted, keep_painted
 from .checkpoint import TrainedModel, load_model, save_model
 from .crossval import CrossValConfig, CrossValProgress, CrossValResult, crossval
-from .errors import MedsegInputError
+from .errors import MedsegError, MedsegInputError
 from .inference import PredictConfig, Prediction, TileProgress, predict
 from .io import read_volume, write_volume
 from .metrics import EvaluationResult, evaluate
+from .outputs import check_inputs, check_outputs, describe_os_error, rescue_model
 from .progress import run_to_completion
 from .training import TrainConfig, TrainProgress, train
 from .volume import Volume
@@ -88,13 +90,26 @@ def train_files(
     class_names: list[str] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainedModel:
-    """Read an image and its annotation, train, and save the model atomically."""
+    """Read an image and its annotation, train, and save the model atomically.
+
+    The inputs must exist and the model file must be writable (checked before anything is
+    read: :func:`~napari_medseg.outputs.check_outputs`). Should the save still fail after
+    training (a full disk, the folder removed meanwhile), the model is kept in the rescue
+    folder (:func:`~napari_medseg.outputs.rescue_model`) and the :class:`MedsegError`
+    raised says where.
+    """
+    inputs = [(image_path, "image"), (annotation_path, "annotation")]
+    check_inputs(inputs)
+    check_outputs([(model_path, "model", "model")], inputs)
     image = read_volume(image_path)
     annotation = read_volume(annotation_path)
     model = train_volume(
         image, annotation, config, class_names=class_names, on_progress=on_progress
     )
-    save_model(model_path, model)
+    try:
+        save_model(model_path, model)
+    except (OSError, MedsegError) as exc:
+        raise rescue_model(model_path, exc, lambda kept: save_model(kept, model)) from exc
     return model
 
 
@@ -132,7 +147,16 @@ def predict_file(
     annotation the model was trained on: a file, or a volume already read), painted voxels
     keep their painted label in the written segmentation, as the Predict widget does
     (:func:`~.annotation.keep_painted`); it is checked before anything is computed.
+
+    Inputs and outputs are checked before anything is read
+    (:func:`check_predict_paths`). Should the probabilities or the uncertainty fail to
+    save after the segmentation was written, the :class:`MedsegError` says what was
+    written and what not.
     """
+    check_predict_paths(
+        model_path, image_path, out_path, probabilities_path, uncertainty_path,
+        annotation=None if isinstance(annotation, Volume) else annotation,
+    )  # fmt: skip
     model = load_model(model_path)
     image = read_volume(image_path)
     if annotation is not None:
@@ -149,11 +173,81 @@ def predict_file(
     if annotation is not None:
         prediction.kept_voxels = keep_painted(prediction.labels, annotation.array)
     write_volume(out_path, prediction.labels, reference=image)
-    if probabilities_path is not None and prediction.probabilities is not None:
-        write_probabilities(probabilities_path, prediction.probabilities, image)
-    if uncertainty_path is not None and prediction.uncertainty is not None:
-        write_volume(uncertainty_path, prediction.uncertainty.astype(np.float32), reference=image)
+    _write_extras(prediction, image, out_path, probabilities_path, uncertainty_path)
     return prediction
+
+
+def check_predict_paths(
+    model_path: PathLike,
+    image_path: PathLike,
+    out_path: PathLike,
+    probabilities_path: PathLike | None = None,
+    uncertainty_path: PathLike | None = None,
+    *,
+    annotation: PathLike | None = None,
+) -> None:
+    """Refuse, before anything is read, a missing input of :func:`predict_file` or an output
+    it could not write (:func:`~napari_medseg.outputs.check_outputs`)."""
+    inputs = [(model_path, "model file"), (image_path, "image"), (annotation, "annotation")]
+    check_inputs(inputs)
+    outputs: list[tuple[PathLike | None, str, Literal["volume"]]] = [
+        (out_path, "segmentation", "volume"),
+        (probabilities_path, "probabilities", "volume"),
+        (uncertainty_path, "uncertainty", "volume"),
+    ]
+    check_outputs(outputs, inputs)
+
+
+def _write_extras(
+    prediction: Prediction,
+    image: Volume,
+    out_path: PathLike,
+    probabilities_path: PathLike | None,
+    uncertainty_path: PathLike | None,
+) -> None:
+    """Write the probabilities and the uncertainty asked for, after the segmentation; on a
+    failure, one line says what was written and what not."""
+    writes: list[tuple[Path, str, Callable[[Path], object]]] = []
+    if probabilities_path is not None and prediction.probabilities is not None:
+        probabilities = prediction.probabilities
+        writes.append(
+            (
+                Path(probabilities_path),
+                "probabilities",
+                lambda path: write_probabilities(path, probabilities, image),
+            )
+        )
+    if uncertainty_path is not None and prediction.uncertainty is not None:
+        uncertainty = prediction.uncertainty.astype(np.float32)
+        writes.append(
+            (
+                Path(uncertainty_path),
+                "uncertainty",
+                lambda path: write_volume(path, uncertainty, reference=image),
+            )
+        )
+    saved = [f"the segmentation {Path(out_path)}"]
+    for number, (path, what, write) in enumerate(writes):
+        try:
+            write(path)
+        except (OSError, MedsegError) as exc:
+            raise _partly_saved(saved, exc, path, writes[number + 1 :]) from exc
+        saved.append(f"the {what} {path}")
+
+
+def _partly_saved(
+    saved: list[str],
+    failure: OSError | MedsegError,
+    path: Path,
+    left: Sequence[tuple[Path, str, object]],
+) -> MedsegError:
+    """One line: what was saved, why ``path`` was not, and what was not tried."""
+    if isinstance(failure, OSError):
+        why = f"could not save {path}: {describe_os_error(failure, path.parent)}"
+    else:
+        why = " ".join(str(failure).split())
+    not_tried = "".join(f"; the {what} {p} not written either" for p, what, _ in left)
+    return MedsegError(f"saved {' and '.join(saved)}; {why}{not_tried}")
 
 
 def write_probabilities(path: PathLike, probabilities: np.ndarray, reference: Volume) -> None:
@@ -187,7 +281,8 @@ def crossval_files(
 ) -> CrossValResult:
     """Read an image and its annotation and cross-validate over the annotated slices
     (:func:`~napari_medseg.crossval.crossval`; ``stop`` ends it after the current step,
-    with the folds finished so far)."""
+    with the folds finished so far). Both inputs must exist before the first is read."""
+    check_inputs([(image_path, "image"), (annotation_path, "annotation")])
     image = read_volume(image_path)
     annotation = read_volume(annotation_path)
     check_same_geometry(image, annotation, "annotation")
@@ -212,7 +307,12 @@ def evaluate_files(
     """Score a segmentation file against an expert mask (spacing from the expert mask).
 
     With ``exclude_annotation``, only voxels where that annotation is 0 (not annotated) count.
+    Every input must exist before the first is read.
     """
+    check_inputs(
+        [(segmentation_path, "segmentation"), (expert_path, "expert mask"),
+         (exclude_annotation, "annotation")]
+    )  # fmt: skip
     segmentation = read_volume(segmentation_path)
     expert = read_volume(expert_path)
     check_same_geometry(expert, segmentation, "segmentation", "expert mask")

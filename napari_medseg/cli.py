@@ -17,6 +17,7 @@ from .progress import Progress, ProgressBar, show
 from .training import TrainConfig
 
 EXIT_USER_ERROR = 2
+OUT_OF_MEMORY = "not enough memory: close other programs or use a smaller volume"
 
 
 def _bar(label: str) -> tuple[ProgressBar, Callable[[Progress], None]]:
@@ -62,10 +63,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .api import predict_file
+    from .api import check_predict_paths, predict_file
     from .inference import PredictConfig
 
     config = config_from_args(PredictConfig, args)
+    paths = (args.model, args.image, args.out, args.probabilities, args.uncertainty)
+    check_predict_paths(*paths, annotation=args.annotation)  # before the annotation is read
     annotation = None
     if args.annotation:
         from .io import read_volume
@@ -325,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except MedsegError as exc:
         print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"medseg {args.command}: error: {OUT_OF_MEMORY}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"medseg {args.command}: interrupted", file=sys.stderr)

@@ -53,7 +53,7 @@ import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -429,12 +429,6 @@ def crossval(
     for fold, held in enumerate(plan):  # refuse before any training, not in fold 3
         _check_fold(annotation, held_out_mask(annotation, held, units), fold)
     names = _structure_names(class_names, n_structures)
-    settings = {
-        "folds": config.folds,
-        "train": asdict(config.train),
-        "predict": asdict(config.predict_config()),
-    }
-    k = config.folds
     start = time.perf_counter()
     # every fold trains for all the structures, even one its training slices lack
     case = _Case(image, annotation, units, n_structures, spacing, list(names.values()))
@@ -447,14 +441,22 @@ def crossval(
             break
         results.append(result)
 
-    seconds = time.perf_counter() - start
     return CrossValResult(
         folds=results,
-        n_folds=k,
+        n_folds=config.folds,
         structures=list(range(1, n_structures + 1)),
         class_names=names,
         units=units,
-        complete=len(results) == k,
-        config=settings,
-        seconds=seconds,
+        complete=len(results) == config.folds,
+        config=_settings(config),
+        seconds=time.perf_counter() - start,
     )
+
+
+def _settings(config: CrossValConfig) -> dict[str, Any]:
+    """The settings a result records: folds, training, prediction."""
+    return {
+        "folds": config.folds,
+        "train": asdict(config.train),
+        "predict": asdict(config.predict_config()),
+    }

@@ -6,7 +6,7 @@
 It is put together from small pieces, as a sampler and an aggregator are
 (:mod:`napari_medseg.tiling`): one tiled pass per plane the model reads
 (:func:`~napari_medseg._passes.plane_pass`), averaged (:func:`_all_planes`), wrapped in a
-retry with smaller tiles, then on the CPU, when the GPU runs out of memory
+retry with smaller tiles, then on the CPU, when the GPU or the CPU runs out of memory
 (:func:`_retrying_on_oom`).
 """
 
@@ -36,6 +36,7 @@ from .model import TrainedModel
 from .models import Ensemble
 from .options import check_choice, option
 from .progress import run_to_completion
+from .tiling import grown_tile, is_thin, padded_voxels
 
 __all__ = [
     "PredictConfig",
@@ -143,19 +144,48 @@ class Prediction:
 
 
 def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Tiles twice the training patch per axis (capped by the volume), for fewer seams."""
-    return tile_shape_for(model.config.arch, model.config.patch_shape, shape)
+    """Tiles twice the training patch per axis (capped by the volume), for fewer seams;
+    larger along the long axes of a thin volume (:func:`tile_shape_for`)."""
+    divisor = getattr(model.network, "divisor", None)
+    return tile_shape_for(model.config.arch, model.config.patch_shape, shape, divisor=divisor)
 
 
 def tile_shape_for(
-    arch: str, patch_shape: Sequence[int], shape: Sequence[int]
+    arch: str,
+    patch_shape: Sequence[int],
+    shape: Sequence[int],
+    *,
+    divisor: Sequence[int] | None = None,
 ) -> tuple[int, int, int]:
     """The default tile of ``arch`` trained on ``patch_shape`` for a volume of ``shape``:
     twice the patch per axis for the 3D U-Net, 8 slices of up to 256 x 256 for 2D networks,
-    each capped by the volume."""
+    each capped by the volume.
+
+    With the network's ``divisor`` (the multiple it pads its input to, per padded axis),
+    a volume thinner than it or than 8 voxels (:func:`~napari_medseg.tiling.is_thin`), as
+    ``(1, 1, 200000)``, is padded there anyway: its tile grows along the long axes until it
+    costs what the uncapped default tile costs, padding included
+    (:func:`~napari_medseg.tiling.grown_tile`), instead of thousands of tiny tiles. Other
+    volumes keep the capped default tile.
+    """
+    tile = _capped_default(arch, patch_shape, shape)
+    if divisor is None or not is_thin(shape, divisor):
+        return tile
+    full = _capped_default(arch, patch_shape, (_UNBOUNDED,) * len(shape))
+    grown = grown_tile(tile, shape, padded_voxels(full, divisor), divisor)
+    return (grown[0], grown[1], grown[2])
+
+
+_UNBOUNDED = 1 << 40
+
+
+def _capped_default(
+    arch: str, patch_shape: Sequence[int], shape: Sequence[int]
+) -> tuple[int, int, int]:
     if arch != "unet3d":
-        return (min(shape[0], 8), *(min(s, 256) for s in shape[1:]))  # type: ignore[return-value]
-    return tuple(min(s, 2 * p) for s, p in zip(shape, patch_shape))  # type: ignore[return-value]
+        return (min(shape[0], 8), min(shape[1], 256), min(shape[2], 256))
+    z, y, x = (min(s, 2 * p) for s, p in zip(shape, patch_shape))
+    return (z, y, x)
 
 
 def predict(
@@ -167,8 +197,11 @@ def predict(
 ) -> Generator[TileProgress, None, Prediction]:
     """Segment a volume tile by tile.
 
-    On a CUDA out-of-memory error the run starts again with tiles half the size, then on the
-    CPU, saying so in the next progress message; nothing partial is returned as complete.
+    On an out-of-memory error (CUDA's, torch's CPU allocator's, or a ``MemoryError``) the
+    run starts again with tiles half the size, then (from a GPU) on the CPU, saying so in the
+    next progress message; when even tiles of 8 voxels a side do not fit on the CPU, a
+    one-line :class:`~napari_medseg.errors.MedsegError` says so. Nothing partial is
+    returned as complete.
 
     Parameters
     ----------
@@ -238,7 +271,7 @@ def _first_slice(result: Prediction) -> Prediction:
     return result
 
 
-# ---- retrying after the GPU ran out of memory ------------------------------------------
+# ---- retrying after running out of memory ---------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -258,24 +291,50 @@ def _retrying_on_oom(
     default_tiles: tuple[int, ...],
 ) -> Generator[TileProgress, None, Prediction]:
     """``run(attempt)``, started again by :func:`_after_out_of_memory` whenever it runs out
-    of GPU memory (``default_tiles``: the tiles halved when the attempt names none)."""
+    of GPU or CPU memory (``default_tiles``: the tiles halved when the attempt names none)."""
     while True:
         try:
             return (yield from run(attempt))
-        except torch.cuda.OutOfMemoryError:
-            attempt = _after_out_of_memory(attempt, default_tiles)
+        except (RuntimeError, MemoryError) as exc:
+            where = _memory_that_ran_out(exc, attempt.device)
+            if where is None:
+                raise
+        attempt = _after_out_of_memory(attempt, default_tiles, where)
 
 
-def _after_out_of_memory(attempt: _Attempt, default_tiles: tuple[int, ...]) -> _Attempt:
-    """The next try: tiles half the size (at least 8), then the CPU."""
+#: How the CPU allocators of torch (and of the C library) say that memory ran out.
+_CPU_OUT_OF_MEMORY = ("defaultcpuallocator", "can't allocate memory", "cannot allocate memory")
+
+
+def _memory_that_ran_out(exc: BaseException, device: torch.device) -> str | None:
+    """``"GPU"`` or ``"CPU"`` when ``exc`` says that memory ran out, else None."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return "GPU"
+    text = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(words in text for words in _CPU_OUT_OF_MEMORY):
+        return "CPU"
+    if "out of memory" in text:
+        return "CPU" if device.type == "cpu" else "GPU"
+    return None
+
+
+def _after_out_of_memory(
+    attempt: _Attempt, default_tiles: tuple[int, ...], where: str
+) -> _Attempt:
+    """The next try after ``where`` ran out of memory: tiles half the size (at least 8),
+    then (from a GPU) the CPU; when even that was tried, one clear error."""
     smaller = tuple(max(8, t // 2) for t in attempt.tile_shape or default_tiles)
     if smaller != attempt.tile_shape:
-        note = f"GPU out of memory: retrying with smaller tiles {smaller}"
+        note = f"{where} out of memory: retrying with smaller tiles {smaller}"
         return replace(attempt, tile_shape=smaller, note=note)
     if attempt.device.type != "cpu":
-        note = "GPU out of memory: retrying on the CPU"
+        note = f"{where} out of memory: retrying on the CPU"
         return replace(attempt, device=torch.device("cpu"), note=note)
-    raise MedsegError("out of memory during inference") from None  # pragma: no cover
+    tiles = " x ".join(str(t) for t in smaller)
+    raise MedsegError(
+        f"not enough memory to predict even with tiles of {tiles} voxels: "
+        "close other programs or use a smaller volume"
+    ) from None
 
 
 # ---- one attempt: a pass per plane, averaged -------------------------------------------

@@ -6,10 +6,15 @@ of the volume; each tile is computed, blended into the aggregator and dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
+
+#: An axis a network pads is thin, and its tiles mostly padding, below this many voxels
+#: (or below the network's divisor there).
+THIN_VOXELS = 8
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -44,6 +49,54 @@ class GridSampler:
     def __iter__(self) -> Iterator[tuple[slice, ...]]:
         for start in self.starts:
             yield tuple(slice(int(a), int(a) + t) for a, t in zip(start, self.tile_shape))
+
+
+def padded_voxels(tile_shape: Sequence[int], divisor: Sequence[int] = ()) -> int:
+    """Voxels a network computes for a tile: its last ``len(divisor)`` axes padded up to
+    multiples of ``divisor`` (at least one), as the networks pad their input; the leading
+    axes (the slices a 2D network reads one by one) as they are."""
+    lead = len(tile_shape) - len(divisor)
+    padded = [max(d, -(-t // d) * d) for t, d in zip(tile_shape[lead:], divisor)]
+    return math.prod(tile_shape[:lead]) * math.prod(padded)
+
+
+def is_thin(shape: Sequence[int], divisor: Sequence[int]) -> bool:
+    """Whether a volume of ``shape`` is thinner, along an axis the network pads (the last
+    ``len(divisor)``, divisor above 1), than that divisor or :data:`THIN_VOXELS`."""
+    lead = len(shape) - len(divisor)
+    return any(1 < d and s < max(d, THIN_VOXELS) for s, d in zip(shape[lead:], divisor))
+
+
+def grown_tile(
+    tile_shape: Sequence[int], shape: Sequence[int], budget: int, divisor: Sequence[int] = ()
+) -> tuple[int, ...]:
+    """``tile_shape`` grown alike along the axes where the volume ``shape`` is longer, as far
+    as its :func:`padded_voxels` stay within ``budget``; never beyond the volume.
+
+    A grown axis then takes the whole of its padding (a multiple of the divisor, within the
+    volume): the same work, fewer tiles.
+    """
+    tile = tuple(min(int(t), int(s)) for t, s in zip(tile_shape, shape))
+
+    def scaled(factor: float) -> tuple[int, ...]:
+        return tuple(min(s, max(t, math.floor(t * factor + 1e-9))) for t, s in zip(tile, shape))
+
+    low, high = 1.0, max(s / t for s, t in zip(shape, tile))
+    if padded_voxels(scaled(high), divisor) <= budget:
+        return scaled(high)
+    for _ in range(64):  # the largest factor that fits, by bisection
+        middle = (low + high) / 2
+        if padded_voxels(scaled(middle), divisor) <= budget:
+            low = middle
+        else:
+            high = middle
+    grown = scaled(low)
+    lead = len(grown) - len(divisor)
+    padding = (1,) * lead + tuple(divisor)
+    return tuple(
+        min(s, -(-g // d) * d) if g > t else g
+        for g, t, s, d in zip(grown, tile, shape, padding)
+    )
 
 
 def gaussian_importance(tile_shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:

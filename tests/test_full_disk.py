@@ -27,6 +27,7 @@ import pytest
 
 from napari_medseg import _atomic
 from napari_medseg._atomic import TEMP_PREFIX
+from napari_medseg.checkpoint import load_model
 from napari_medseg.errors import MedsegError
 from napari_medseg.io import SUPPORTED_EXTENSIONS, _itk, read_volume, write_volume
 from napari_medseg.io._formats import FORMATS
@@ -191,8 +192,9 @@ def test_napari_writer_on_a_full_disk_keeps_the_previous_annotation(full_disk):
     np.testing.assert_array_equal(read_volume(target).array, previous)
 
 
-def medseg(*args: str) -> subprocess.CompletedProcess[str]:
+def medseg(*args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.update(env_extra)
     return subprocess.run(
         [sys.executable, "-m", "napari_medseg.cli", *args],
         capture_output=True,
@@ -247,18 +249,25 @@ def test_predict_onto_a_full_disk_fails_and_keeps_the_previous_segmentation(full
     assert full_disk.snapshot() == before
 
 
-def test_train_onto_a_full_disk_fails_and_keeps_the_previous_model(full_disk, trained):
+def test_train_onto_a_full_disk_fails_and_keeps_the_previous_model(
+    full_disk, trained, tmp_path
+):
     target = full_disk.path / "model.safetensors"
     shutil.copyfile(trained["model"], target)
     before = full_disk.snapshot()
     full_disk.fill(2 * PAGE)  # the model holds more than 8 KB
+    rescue = tmp_path / "rescued"
     result = medseg(
         "train", str(trained["image"]), str(trained["annotation"]), "--out", str(target),
         "--iterations", "2", "--time-budget", "30", "--device", "cpu",
+        MEDSEG_RESCUE_DIR=str(rescue),
     )  # fmt: skip
     line = assert_one_error_line(result, "train")
     assert line.endswith("model.safetensors: disk full"), line
     assert full_disk.snapshot() == before
+    kept = list(rescue.glob("*.safetensors"))  # the trained model is not lost
+    assert len(kept) == 1 and str(kept[0]) in line
+    load_model(kept[0])
 
 
 # ---- simulated faults ----------------------------------------------------------------------
