@@ -72,11 +72,14 @@ def train_volume(
     *,
     class_names: list[str] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
+    init: TrainedModel | None = None,
 ) -> TrainedModel:
-    """Train on an image and its sparse annotation (with geometry checks)."""
+    """Train on an image and its sparse annotation (with geometry checks); with ``init``,
+    continue from that model (:func:`~napari_medseg.training.train`)."""
     check_same_geometry(image, annotation, "annotation")
     generator = train(
-        image.array, annotation.array, config, spacing=image.spacing, class_names=class_names
+        image.array, annotation.array, config, spacing=image.spacing, class_names=class_names,
+        init=init,
     )
     return run_to_completion(generator, on_progress)
 
@@ -89,8 +92,12 @@ def train_files(
     *,
     class_names: list[str] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
+    init: PathLike | TrainedModel | None = None,
 ) -> TrainedModel:
     """Read an image and its annotation, train, and save the model atomically.
+
+    ``init``: a model (or model file) to continue from, a warm start; it may be the file
+    ``model_path`` names, which is then replaced only once the new model is complete.
 
     The inputs must exist and the model file must be writable (checked before anything is
     read: :func:`~napari_medseg.outputs.check_outputs`). Should the save still fail after
@@ -99,12 +106,15 @@ def train_files(
     raised says where.
     """
     inputs = [(image_path, "image"), (annotation_path, "annotation")]
+    if init is not None and not isinstance(init, TrainedModel):
+        check_inputs([(init, "model to continue from")])
     check_inputs(inputs)
     check_outputs([(model_path, "model", "model")], inputs)
+    start = load_model(init) if init is not None and not isinstance(init, TrainedModel) else init
     image = read_volume(image_path)
     annotation = read_volume(annotation_path)
     model = train_volume(
-        image, annotation, config, class_names=class_names, on_progress=on_progress
+        image, annotation, config, class_names=class_names, on_progress=on_progress, init=start
     )
     try:
         save_model(model_path, model)

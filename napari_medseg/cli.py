@@ -15,6 +15,7 @@ from .errors import MedsegError, MedsegInputError
 from .options import add_arguments, config_from_args
 from .progress import Progress, ProgressBar, show
 from .training import TrainConfig
+from .training.warm import WARM_START_BUDGET, with_warm_budget
 
 EXIT_USER_ERROR = 2
 OUT_OF_MEMORY = "not enough memory: close other programs or use a smaller volume"
@@ -39,6 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .api import train_files
 
     config = _train_config(args)
+    if args.init is not None and args.time_budget is None and args.iterations is None:
+        config = with_warm_budget(config)
     bar, update = _bar("train")
     try:
         model = train_files(
@@ -48,16 +51,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             config,
             class_names=_class_names(args),
             on_progress=update,
+            init=args.init,
         )
     finally:
         bar.close()
     history = model.config.history
     members = history.get("ensemble", 1)
     arch = model.config.arch if members == 1 else f"{members} x {model.config.arch}"
+    rounds = history.get("rounds", [])
+    start = f", round {len(rounds)} continued from {args.init}" if args.init else ""
     print(
         f"saved {args.out}: {arch}, {model.config.n_classes} classes, "
         f"{history['steps']} steps in {history['seconds']:.0f} s on {history['device']}, "
-        f"final loss {history['final_loss']:.4f} ({history['stop_reason']})"
+        f"final loss {history['final_loss']:.4f} ({history['stop_reason']}){start}"
     )
     return 0
 
@@ -201,11 +207,22 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("annotation", help=ANNOTATION_HELP)
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="MODEL",
+        help="continue from this model (a warm start: its network and normalisation are "
+        f"kept, a newly painted structure is added; default budget {WARM_START_BUDGET:g} s); "
+        "may be --out itself",
+    )
     add_arguments(p, TrainConfig, help_overrides={"time_budget": _TIME_HELP})
     p.set_defaults(func=cmd_train)
 
 
-_TIME_HELP = "wall-clock training time (default: 60 s unless --iterations is given)"
+_TIME_HELP = (
+    f"wall-clock training time (default: {TrainConfig().time_budget:g} s, "
+    f"{WARM_START_BUDGET:g} s with --init, none with --iterations only)"
+)
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

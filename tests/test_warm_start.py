@@ -110,3 +110,35 @@ def test_an_ensemble_continues_member_by_member(case):
     again = run_to_completion(train(case.image, case.annotation, tiny(), init=ensemble))
     assert again.config.network.members == 2
     assert again.config.history["member_steps"] == [3, 3]
+
+
+def test_medseg_train_init_continues_and_may_replace_its_model(case, tmp_path, capsys):
+    from napari_medseg.cli import main
+    from napari_medseg.io import write_volume
+    from napari_medseg.volume import Volume
+
+    write_volume(tmp_path / "img.nii.gz", Volume(case.image, spacing=case.spacing))
+    write_volume(tmp_path / "ann.nrrd", Volume(case.annotation, spacing=case.spacing))
+    model = tmp_path / "m.safetensors"
+    common = ["--iterations", "2", "--device", "cpu", "--base-channels", "4"]
+    assert main(["train", str(tmp_path / "img.nii.gz"), str(tmp_path / "ann.nrrd"),
+                 "--out", str(model), *common]) == 0
+    assert main(["train", str(tmp_path / "img.nii.gz"), str(tmp_path / "ann.nrrd"),
+                 "--out", str(model), "--init", str(model), *common]) == 0
+    assert f"round 2 continued from {model}" in capsys.readouterr().out
+    rounds = load_model(model).config.history["rounds"]
+    assert [r["start"] for r in rounds] == ["scratch", "continued"]
+
+
+def test_medseg_train_init_refuses_a_missing_model_before_training(case, tmp_path, capsys):
+    from napari_medseg.cli import main
+    from napari_medseg.io import write_volume
+    from napari_medseg.volume import Volume
+
+    write_volume(tmp_path / "img.nii.gz", Volume(case.image, spacing=case.spacing))
+    write_volume(tmp_path / "ann.nrrd", Volume(case.annotation, spacing=case.spacing))
+    code = main(["train", str(tmp_path / "img.nii.gz"), str(tmp_path / "ann.nrrd"),
+                 "--out", str(tmp_path / "m.safetensors"), "--init", str(tmp_path / "no.st")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no.st" in err[0]
