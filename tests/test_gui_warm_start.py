@@ -60,3 +60,28 @@ def test_a_different_image_trains_from_scratch(synthetic_viewer, qtbot, models):
     assert widget.continued_model((16, 32, 30)) is None
     widget._image_name = "synthetic"
     assert widget.continued_model((16, 32, 32)) is widget.model
+
+
+def test_another_network_in_the_form_trains_from_scratch(synthetic_viewer, qtbot, models):
+    widget = TrainWidget(synthetic_viewer)
+    widget.form.set_values(iterations=2, time_budget=None, device="cpu")
+    _train(widget, qtbot)
+    widget.form.set_values(ensemble=2)  # the user asks for an ensemble now
+    second = _train(widget, qtbot)
+    assert second.config.network.members == 2
+    assert [r["start"] for r in second.config.history["rounds"]] == ["scratch"]
+
+
+def test_what_makes_a_network_differ():
+    from napari_medseg.progress import run_to_completion
+    from napari_medseg.synthetic import make_synthetic_case
+    from napari_medseg.training import TrainConfig, train
+    from napari_medseg.training.warm import network_differs
+
+    case = make_synthetic_case(shape=(16, 24, 24), seed=0)
+    config = TrainConfig(iterations=1, time_budget=None, device="cpu", base_channels=4)
+    model = run_to_completion(train(case.image, case.annotation, config))
+    assert network_differs(config, model) == []
+    assert network_differs(TrainConfig(base_channels=4, seed=3, learning_rate=1e-3), model) == []
+    assert network_differs(TrainConfig(arch="unet2d", base_channels=4), model) == ["arch"]
+    assert network_differs(TrainConfig(), model) == ["base_channels"]

@@ -120,7 +120,7 @@ class TrainWidget(RunsJob, QWidget):
         if self.is_running:
             return False
         from ..training import train
-        from ..training.warm import with_warm_budget
+        from ..training.warm import network_differs, with_warm_budget
 
         try:
             image, annotation, config, spacing, names = self._inputs()
@@ -130,6 +130,9 @@ class TrainWidget(RunsJob, QWidget):
         self._last_progress = None
         self._image_name = self.image_picker.layer().name
         init = self.continued_model(image.shape)
+        changed = network_differs(config, init) if init is not None else []
+        if changed:  # the user asked for another network: a fresh one
+            init = None
         if init is not None:
             config = with_warm_budget(config)
         self._arch = init.config.arch if init is not None else config.arch
@@ -139,7 +142,11 @@ class TrainWidget(RunsJob, QWidget):
                 image, annotation, config, spacing=spacing, class_names=names, stop=stop,
                 init=init,
             ),
-            message=f"continuing from '{self.model_name}'…" if init is not None else "training…",
+            message=(
+                f"continuing from '{self.model_name}'…" if init is not None
+                else f"training a new network ({', '.join(changed)} changed)…" if changed
+                else "training…"
+            ),
             on_yield=self._on_progress,
             on_return=self._on_model,
         )

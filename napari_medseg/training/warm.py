@@ -21,6 +21,7 @@ from ..model import TrainedModel
 from ..models import Ensemble
 from ..painted_slices import painted_in_plane
 from .config import TrainConfig
+from .defaults import BASE_CHANNELS
 
 #: The time budget of a round that continues from a model, unless one is given (seconds).
 WARM_START_BUDGET = 20.0
@@ -42,6 +43,23 @@ def adopt_network(config: TrainConfig, init: TrainedModel) -> TrainConfig:
     if net.arch == "unet3d":
         values["patch_shape"] = tuple(int(p) for p in init.config.patch_shape)
     return replace(config, **values)
+
+
+def network_differs(config: TrainConfig, init: TrainedModel) -> list[str]:
+    """The network-defining settings of ``config`` that ``init`` does not share (a setting
+    left to its automatic value matches whatever the model has)."""
+    adopted = adopt_network(config, init)
+    different = []
+    for name in ("arch", "base_channels", "batch_norm", "group_norm", "planes", "ensemble",
+                 "patch_shape"):
+        mine = getattr(config, name)
+        if mine is None or (name == "planes" and adopted.arch == "unet3d"):
+            continue
+        if mine != getattr(adopted, name):
+            different.append(name)
+    if config.base_channels is None and adopted.base_channels != BASE_CHANNELS:
+        different.append("base_channels")
+    return different
 
 
 def with_warm_budget(config: TrainConfig) -> TrainConfig:
