@@ -1,11 +1,10 @@
 """Training batches, made on the training thread or ahead of time by worker threads.
 
 A GPU step on a 3D U-Net takes a few tens of milliseconds; drawing and augmenting its patches
-with numpy and scipy on one CPU core takes several times that (H100, brain1's
-``23 x 192 x 192`` patch: 20 ms per step, 118 ms to augment one patch). So on a GPU the
-batches are made by a pool of threads (scipy's resampling releases the GIL) and handed out
-in order. On a CPU, torch already uses every core for the step, and the batches are made
-on the training thread, as before.
+with numpy and scipy on one CPU core takes several times that (figures: docs/DEFAULTS.md).
+So on a GPU the batches are made by a pool of threads (scipy's resampling releases the
+GIL) and handed out in order. On a CPU, torch already uses every core for the step, and the
+batches are made on the training thread, as before.
 
 Repeatability: the serial source draws everything from the run's generator, exactly as
 training always did; the prefetching source gives batch ``i`` a generator seeded from the

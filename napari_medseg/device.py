@@ -84,12 +84,8 @@ def autocast_dtype(
     """The autocast dtype to use on ``device`` (``None`` means plain float32).
 
     CUDA: bf16 (fp16 where bf16 is not supported), for training and prediction. A CPU with
-    native bf16 (:func:`cpu_has_fast_bf16`): bf16 for prediction only. Measured on a 2-core
-    AMD EPYC with AVX-512 BF16 (``benchmarks/results/cpu_bf16.md``): a 3D U-Net prediction
-    tile took 38 ms instead of 140, with labels differing from float32 on 0.05-0.08 % of the
-    voxels; a training step took 55 ms instead of 82, but two of six brain1 trainings in
-    bf16 (180 s) ended finding no tumour at all, none in float32, so CPU training stays in
-    float32.
+    native bf16 (:func:`cpu_has_fast_bf16`): bf16 for prediction only; CPU training stays in
+    float32 (why: docs/DEFAULTS.md).
 
     Parameters
     ----------

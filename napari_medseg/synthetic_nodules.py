@@ -5,9 +5,7 @@ disc; only the neighbouring slices tell a ball from a tube. This volume has that
 on purpose: a few lumpy balls (the structure, label 1) among curved tubes running in every
 direction (background), of the same intensity and texture and of overlapping cross-section
 size. On one slice only the disc's size and the tube's slant tell them apart; a few slices
-at once show the whole shape. (Measured in ``benchmarks/results/generalisation_120s_*``: from
-2 minutes of training on 1-3 painted slices per axis the 3D and 2D U-Nets score alike here.)
-It complements
+at once show the whole shape (how the networks fare: ``docs/RESULTS.md``). It complements
 :func:`napari_medseg.synthetic.make_synthetic_case`, whose distractors already differ from
 the structures within a slice.
 

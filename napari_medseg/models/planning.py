@@ -24,12 +24,8 @@ DEFAULT_BUDGET_VOXELS = 64**3
 #: An axis is pooled only while its patch size is at least this (so it stays >= 4).
 MIN_POOL_SIZE = 8
 
-#: An axis counts as "fine" while its spacing is at most this times the finest spacing.
-#: sqrt(2) would keep voxels nearest to cubic; nnU-Net uses 2. Chosen on the bundled scans
-#: (90 s trainings, two seeds each): with 2, the 2.1 mm slices of breast1 were convolved
-#: across at the second level and its lesion Dice fell from 0.80 to 0.63; with sqrt(2),
-#: the 3 mm prostate phantom lost its through-plane context at the third level and fell
-#: from 0.51 to 0.41. 1.5 keeps both plans that won; brain1 (6.5 mm) plans the same with all.
+#: An axis counts as "fine" while its spacing is at most this times the finest spacing
+#: (sqrt(2) would keep voxels nearest to cubic; nnU-Net uses 2; why 1.5: docs/DEFAULTS.md).
 ANISOTROPY_RATIO = 1.5
 
 
