@@ -164,11 +164,13 @@ class TrainWidget(RunsJob, QWidget):
     def _offer_continuing(self) -> None:
         from ..training.warm import WARM_START_BUDGET
 
-        budget = f"{WARM_START_BUDGET:.0f} s unless you change the time budget"
-        self.continue_box.setText(f"Continue from '{self.model_name}' ({budget})")
+        self.continue_box.setText(
+            f"Continue from '{self.model_name}' (a {WARM_START_BUDGET:.0f} s round)"
+        )
         self.continue_box.setToolTip(
-            "Train on from the last model's weights: painting one more slice and training "
-            "again takes seconds. Untick to train a new network from scratch."
+            "Train on from the last model's weights: paint one more slice and train again. "
+            f"A continued round lasts {WARM_START_BUDGET:.0f} s unless you change the time "
+            "budget. Untick to train a new network from scratch."
         )
         self.continue_box.setVisible(True)
 
