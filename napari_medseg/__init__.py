@@ -7,6 +7,7 @@ The computing core lives in plain modules (:mod:`napari_medseg.io`,
 :mod:`napari_medseg._napari` and the Qt widgets in :mod:`napari_medseg._qt`.
 """
 
+# The one place the version is written: pyproject.toml has hatchling read it from here.
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]

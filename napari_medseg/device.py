@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
+import warnings
 from typing import Literal
 
 import torch
@@ -12,9 +14,24 @@ from .errors import MedsegInputError
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 
 
+#: The first torch whose MPS backend runs ``ConvTranspose3d`` (float32; pytorch PR #154696),
+#: which the 3D U-Net's decoder needs. ``"auto"`` skips MPS on older torch.
+MPS_CONV_TRANSPOSE_3D_TORCH = (2, 8)
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def _torch_version(version: str | None = None) -> tuple[int, int]:
+    """``(major, minor)`` of ``version`` (default: the installed torch's)."""
+    match = re.match(r"(\d+)\.(\d+)", str(torch.__version__ if version is None else version))
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _mps_runs_3d_networks() -> bool:
+    return _torch_version() >= MPS_CONV_TRANSPOSE_3D_TORCH
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -23,7 +40,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     Parameters
     ----------
     name : {"auto", "cpu", "cuda", "mps"} or a torch device string such as ``"cuda:1"``
-        ``"auto"`` picks CUDA, then Apple MPS, then the CPU.
+        ``"auto"`` picks CUDA, then Apple MPS, then the CPU. MPS is skipped (with a
+        warning) on torch older than 2.8, whose MPS backend lacks ``ConvTranspose3d``.
 
     Raises
     ------
@@ -35,7 +53,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
-            return torch.device("mps")
+            if _mps_runs_3d_networks():
+                return torch.device("mps")
+            warnings.warn(
+                f"torch {torch.__version__} on Apple MPS lacks ConvTranspose3d (torch>=2.8 has "
+                "it): using the CPU",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
