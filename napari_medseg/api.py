@@ -73,13 +73,15 @@ def train_volume(
     class_names: list[str] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
     init: TrainedModel | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainedModel:
     """Train on an image and its sparse annotation (with geometry checks); with ``init``,
-    continue from that model (:func:`~napari_medseg.training.train`)."""
+    continue from that model; ``stop`` ends training after the current step, keeping the
+    model so far (:func:`~napari_medseg.training.train`)."""
     check_same_geometry(image, annotation, "annotation")
     generator = train(
         image.array, annotation.array, config, spacing=image.spacing, class_names=class_names,
-        init=init,
+        init=init, stop=stop,
     )
     return run_to_completion(generator, on_progress)
 
@@ -93,8 +95,11 @@ def train_files(
     class_names: list[str] | None = None,
     on_progress: Callable[[TrainProgress], None] | None = None,
     init: PathLike | TrainedModel | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainedModel:
     """Read an image and its annotation, train, and save the model atomically.
+
+    ``stop``: set it to end training after the current step; the model so far is saved.
 
     ``init``: a model (or model file) to continue from, a warm start; it may be the file
     ``model_path`` names, which is then replaced only once the new model is complete.
@@ -114,7 +119,8 @@ def train_files(
     image = read_volume(image_path)
     annotation = read_volume(annotation_path)
     model = train_volume(
-        image, annotation, config, class_names=class_names, on_progress=on_progress, init=start
+        image, annotation, config, class_names=class_names, on_progress=on_progress, init=start,
+        stop=stop,
     )
     try:
         save_model(model_path, model)

@@ -43,16 +43,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.init is not None and args.time_budget is None and args.iterations is None:
         config = with_warm_budget(config)
     bar, update = _bar("train")
+    stop = threading.Event()
     try:
-        model = train_files(
-            args.image,
-            args.annotation,
-            args.out,
-            config,
-            class_names=_class_names(args),
-            on_progress=update,
-            init=args.init,
-        )
+        with _first_interrupt_stops(stop, "train"):
+            model = train_files(
+                args.image,
+                args.annotation,
+                args.out,
+                config,
+                class_names=_class_names(args),
+                on_progress=update,
+                init=args.init,
+                stop=stop,
+            )
     finally:
         bar.close()
     history = model.config.history
@@ -65,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{history['steps']} steps in {history['seconds']:.0f} s on {history['device']}, "
         f"final loss {history['final_loss']:.4f} ({history['stop_reason']}){start}"
     )
-    return 0
+    return 130 if stop.is_set() else 0  # interrupted, and what was trained is saved
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -142,3 +142,36 @@ def test_medseg_train_init_refuses_a_missing_model_before_training(case, tmp_pat
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no.st" in err[0]
+
+
+def test_ctrl_c_during_medseg_train_saves_the_model_so_far(case, tmp_path):
+    """A real SIGINT to a real `medseg train`: it stops after the current step, saves the
+    model trained so far, says so, and exits 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from napari_medseg.io import write_volume
+    from napari_medseg.volume import Volume
+
+    write_volume(tmp_path / "img.nii.gz", Volume(case.image, spacing=case.spacing))
+    write_volume(tmp_path / "ann.nrrd", Volume(case.annotation, spacing=case.spacing))
+    model = tmp_path / "m.safetensors"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_medseg.cli", "train", str(tmp_path / "img.nii.gz"),
+         str(tmp_path / "ann.nrrd"), "--out", str(model), "--time-budget", "600",
+         "--device", "cpu", "--base-channels", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        first = process.stderr.readline()  # the progress bar's first line: training runs
+        assert first.startswith("train ["), first
+        os.kill(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "stopping after the current step" in err and "Traceback" not in err
+    assert f"saved {model}" in out and "(stopped)" in out
+    assert load_model(model).config.history["stop_reason"] == "stopped"
