@@ -123,6 +123,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .api import evaluate_files
 
     result = evaluate_files(args.segmentation, args.expert_mask, exclude_annotation=args.exclude)
+    stray = [k for k, m in result.classes.items() if m.n_reference == 0 and m.n_predicted > 0]
+    if stray:
+        listed = ", ".join(str(k) for k in stray)
+        print(
+            f"medseg evaluate: warning: the segmentation holds label(s) {listed} that the expert "
+            "mask lacks (is it an annotation? those paint structure k as k+1)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

@@ -213,6 +213,17 @@ def test_evaluate_perfect_segmentation_scores_one(case, capsys):
     assert result["classes"]["1"]["hd95_mm"] == pytest.approx(0.0)
 
 
+def test_evaluate_warns_when_an_annotation_is_given_as_the_segmentation(case, capsys):
+    assert main(["evaluate", str(case["annotation"]), str(case["expert"])]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "label(s) 2" in err[0], err
+
+
+def test_evaluate_of_a_matching_segmentation_warns_of_nothing(case, capsys):
+    assert main(["evaluate", str(case["expert"]), str(case["expert"])]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_console_script_runs_predict_like_the_library(pipeline):
     """The installed entry point works in a fresh process and gives the same labels."""
     out = pipeline["dir"] / "script_segmentation.nrrd"
