@@ -13,7 +13,9 @@ __all__ = ["ClassMetrics", "EvaluationResult", "MeanMetrics"]
 class ClassMetrics:
     """Metrics of one structure.
 
-    ``hd95_mm`` and ``assd_mm`` are ``None`` when surface distances were not computed.
+    ``hd95_mm`` and ``assd_mm`` are ``None`` when surface distances were not computed. When
+    exactly one of the segmentation and the expert mask lacks the structure (:attr:`empty`),
+    they hold the image diagonal by convention and tables show ``empty`` instead.
     """
 
     dice: float
@@ -24,8 +26,18 @@ class ClassMetrics:
     n_reference: int
     n_predicted: int
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        """Plain, JSON-serialisable dictionary."""
+    @property
+    def empty(self) -> str | None:
+        """Which side lacks the structure, when only one does: ``"segmentation"`` or
+        ``"expert mask"`` (surface distances are then undefined)."""
+        if self.n_predicted == 0 and self.n_reference > 0:
+            return "segmentation"
+        if self.n_reference == 0 and self.n_predicted > 0:
+            return "expert mask"
+        return None
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """Plain, JSON-serialisable dictionary (``empty``: see :attr:`empty`)."""
         return {
             "dice": float(self.dice),
             "jaccard": float(self.jaccard),
@@ -34,6 +46,7 @@ class ClassMetrics:
             "assd_mm": None if self.assd_mm is None else float(self.assd_mm),
             "n_reference": int(self.n_reference),
             "n_predicted": int(self.n_predicted),
+            "empty": self.empty,
         }
 
 
@@ -96,8 +109,8 @@ class EvaluationResult:
                     f"{m.dice:.4f}",
                     f"{m.jaccard:.4f}",
                     f"{m.sa:.2f}",
-                    _fmt_mm(m.hd95_mm),
-                    _fmt_mm(m.assd_mm),
+                    "empty" if m.empty else _fmt_mm(m.hd95_mm),
+                    "empty" if m.empty else _fmt_mm(m.assd_mm),
                     str(m.n_reference),
                     str(m.n_predicted),
                 ]

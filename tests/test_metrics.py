@@ -345,3 +345,19 @@ def test_evaluate_scores_a_brain_sized_volume():
     seg = ((zz - 14) / 4.0) ** 2 + ((yy - 124) / 30.0) ** 2 + ((xx - 178) / 27.0) ** 2 < 1
     result = evaluate(seg.astype(np.uint8), ref.astype(np.uint8), spacing=(6.5, 0.78, 0.78))
     assert 0.8 < result.classes[1].dice < 1.0
+
+
+def test_an_empty_structure_shows_empty_distances_not_the_diagonal():
+    ref = np.zeros((6, 8, 8), np.uint8)
+    ref[2:4, 2:5, 2:5] = 1
+    ref[1, 6, 6] = 2
+    seg = ref.copy()
+    seg[seg == 2] = 0  # structure 2 missed entirely
+    result = evaluate(seg, ref, spacing=(2.0, 1.0, 1.0))
+    assert result.classes[2].empty == "segmentation" and result.classes[1].empty is None
+    assert result.to_dict()["classes"]["2"]["empty"] == "segmentation"
+    row = next(line for line in result.format_table().splitlines() if line.startswith("2 "))
+    assert row.split()[-4:-2] == ["empty", "empty"]  # HD95 and ASSD; n_ref, n_pred follow
+    assert "empty" not in next(
+        line for line in result.format_table().splitlines() if line.startswith("1 ")
+    )

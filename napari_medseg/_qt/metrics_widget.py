@@ -46,16 +46,30 @@ def metric_rows(result: Any, class_names: list[str] | None = None) -> list[dict[
             names[k] = class_names[k - 1]
         row = {"structure": f"{k} · {names[k]}" if k in names else f"structure {k}"}
         row.update({m: values.get(m) for m in KEYS})
+        if values.get("empty"):  # distances undefined: one side lacks the structure
+            row.update({m: "empty" for m in ("hd95_mm", "assd_mm")})
         rows.append(row)
     mean: dict[str, Any] = {"structure": "mean"}
     for m in KEYS:
         if m in data["mean"]:
             mean[m] = data["mean"][m]
         else:
-            present = [r[m] for r in rows if r[m] is not None]
+            present = [r[m] for r in rows if isinstance(r[m], float | int)]
             mean[m] = float(np.mean(present)) if present else None
     rows.append(mean)
     return rows
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    return value if isinstance(value, str) else fmt.format(value)
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else f"{value:.6g}"
 
 
 def rows_to_csv(rows: list[dict[str, Any]]) -> str:
@@ -65,7 +79,7 @@ def rows_to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerow(COLUMNS)
     for row in rows:
         writer.writerow(
-            [row["structure"]] + ["" if row[m] is None else f"{row[m]:.6g}" for m in KEYS]
+            [row["structure"]] + [_csv_cell(row[m]) for m in KEYS]
         )
     return buffer.getvalue()
 
@@ -198,7 +212,7 @@ class MetricsWidget(RunsJob, QWidget):
         self.rows = metric_rows(result, class_names)
         cells = [
             [row["structure"]]
-            + ["–" if row[key] is None else FORMATS[key].format(row[key]) for key in KEYS]
+            + [_cell(row[key], FORMATS[key]) for key in KEYS]
             for row in self.rows
         ]
         fill_table(self.table, cells, bold_columns=1)
