@@ -211,9 +211,39 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 ANNOTATION_HELP = "sparse annotation: 0 = not annotated, 1 = background, k+1 = structure k"
 
+#: Examples shown under each command's --help.
+EXAMPLES = {
+    "train": [
+        "medseg train ct.nii.gz ct_annotation.nii.gz --out model.safetensors",
+        "medseg train ct.nii.gz ct_annotation.nii.gz --out model.safetensors "
+        f"--init model.safetensors   # one more slice painted: a {WARM_START_BUDGET:g} s round",
+        "medseg train mri.nrrd mri_annotation.nrrd --out m.safetensors --arch unet2d "
+        "--class-names tumour,oedema --time-budget 120",
+    ],
+    "predict": [
+        "medseg predict model.safetensors ct.nii.gz --out ct_seg.nii.gz",
+        "medseg predict model.safetensors dicom_folder/ --out seg.nrrd --probabilities p.npy",
+    ],
+    "evaluate": [
+        "medseg evaluate ct_seg.nii.gz ct_expert.nii.gz",
+        "medseg evaluate ct_seg.nii.gz ct_expert.nii.gz --exclude ct_annotation.nii.gz --json",
+    ],
+}
+
+
+def _examples(command: str) -> str:
+    from .io import SUPPORTED_EXTENSIONS
+
+    formats = ", ".join(SUPPORTED_EXTENSIONS)
+    lines = "\n".join(f"  {line}" for line in EXAMPLES[command])
+    return f"files: {formats}, or a DICOM folder\n\nexamples:\n{lines}"
+
 
 def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("train", help="train a network on a sparse annotation")
+    p = sub.add_parser(
+        "train", help="train a network on a sparse annotation", epilog=_examples("train"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("image", help="the image to learn from (any format medseg reads)")
     p.add_argument("annotation", help=ANNOTATION_HELP)
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
@@ -239,7 +269,10 @@ _TIME_HELP = (
 def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .inference import PredictConfig
 
-    p = sub.add_parser("predict", help="segment an image with a trained model")
+    p = sub.add_parser(
+        "predict", help="segment an image with a trained model", epilog=_examples("predict"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="a model file written by medseg train (.safetensors)")
     p.add_argument("image", help="the image to segment")
     p.add_argument(
@@ -271,7 +304,10 @@ def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_evaluate_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("evaluate", help="compare a segmentation with an expert mask")
+    p = sub.add_parser(
+        "evaluate", help="compare a segmentation with an expert mask",
+        epilog=_examples("evaluate"), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("segmentation", help="0 = background, k = structure k")
     p.add_argument("expert_mask", help="the reference, same convention and grid")
     p.add_argument(

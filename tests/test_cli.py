@@ -482,3 +482,15 @@ def test_group_norm_option_builds_and_reloads_group_norm(case, tmp_path):
     seg = tmp_path / "seg.nrrd"
     assert main(["predict", str(model_path), str(case["image"]), "--out", str(seg)]) == 0
     assert read_volume(seg).shape == SHAPE
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate"])
+def test_help_shows_formats_defaults_and_examples(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert ".nii.gz" in text and "DICOM folder" in text
+    assert f"medseg {command} " in text.split("examples:")[1]
+    if command != "evaluate":
+        assert "(default: auto)" in " ".join(text.split())  # defaults are shown
