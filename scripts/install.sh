@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up napari-medseg on a fresh Debian/Ubuntu machine, in ./.venv.
+# Set up napari-medseg on a fresh Debian/Ubuntu machine, in ./.venv (MEDSEG_VENV names another).
 #   scripts/install.sh          the tool (CLI + napari GUI)
 #   scripts/install.sh --test   the same plus what the checks need (pytest, pytest-qt, ruff, build)
 # Installs the system libraries napari/Qt need and Xvfb, a CPU build of torch pinned first
@@ -33,14 +33,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+venv="${MEDSEG_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
 # torch first, pinned: the CPU build (or whatever build of 2.13.0 the index offers).
-.venv/bin/python -m pip install -q "torch==${MEDSEG_TORCH_VERSION:-2.13.0}"
+"$venv/bin/python" -m pip install -q "torch==${MEDSEG_TORCH_VERSION:-2.13.0}"
 if [ "$qt_binding" != none ]; then
   qt_spec="$qt_binding"
   [ "$qt_binding" = PyQt5 ] && qt_spec="PyQt5>=5.15"
-  .venv/bin/python -m pip install -q "$qt_spec"
+  "$venv/bin/python" -m pip install -q "$qt_spec"
 fi
-.venv/bin/python -m pip install -q -e ".[${extras}]"
-echo "napari-medseg installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'), Qt: $qt_binding)"
+"$venv/bin/python" -m pip install -q -e ".[${extras}]"
+echo "napari-medseg installed in $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'), Qt: $qt_binding)"
