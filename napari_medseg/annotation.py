@@ -9,6 +9,7 @@ Segmentation and expert mask:
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -421,3 +422,11 @@ def slices_to_paint(
     )
     order = np.argsort(-scores, kind="stable")
     return [int(k) for k in order[:count] if scores[k] > 0]
+
+
+def content_checksum(annotation: np.ndarray) -> str:
+    """Cheap checksum of an annotation's content: CRC-32, type and shape (tells one round's
+    or one autosave's painting from another's)."""
+    data = np.ascontiguousarray(annotation)
+    crc = zlib.crc32(data.data.cast("B")) if data.size else 0
+    return f"{crc:08x}-{data.dtype.str}-{'x'.join(map(str, data.shape))}"

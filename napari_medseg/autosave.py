@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import TEMP_PREFIX, atomic_write
+from .annotation import content_checksum
 from .errors import MedsegInputError
 
 __all__ = [
@@ -184,13 +185,6 @@ def image_fingerprint(image: np.ndarray, samples: int = _FINGERPRINT_SAMPLES) ->
     return head + sample.tobytes()
 
 
-def _checksum(annotation: np.ndarray) -> str:
-    """Cheap checksum of the annotation's content (CRC-32 plus shape and type)."""
-    data = np.ascontiguousarray(annotation)
-    crc = zlib.crc32(data.data.cast("B")) if data.size else 0
-    return f"{crc:08x}-{data.dtype.str}-{'x'.join(map(str, data.shape))}"
-
-
 class AutosaveStore:
     """Autosaves of annotations, one file per image key, in one folder.
 
@@ -301,7 +295,7 @@ class AutosaveStore:
         array = np.asarray(annotation)
         if array.dtype.kind not in "biu":
             raise MedsegInputError(f"cannot autosave an annotation of type {array.dtype}")
-        checksum = _checksum(array)
+        checksum = content_checksum(array)
         with self._lock:
             if self._unchanged(key, path, checksum):
                 return path

@@ -9,7 +9,6 @@ model's history: how it started, what was painted, how it ended.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..annotation import content_checksum
 from ..model import TrainedModel
 from ..models import Ensemble
 from ..painted_slices import painted_in_plane
@@ -104,14 +104,6 @@ def grown_state(
     return state
 
 
-def annotation_checksum(annotation: np.ndarray) -> str:
-    """CRC-32 of an annotation's voxels, with its shape: tells one round's painting from
-    another's."""
-    data = np.ascontiguousarray(annotation)
-    crc = zlib.crc32(data.data.cast("B")) if data.size else 0
-    return f"{crc:08x}-{'x'.join(map(str, data.shape))}"
-
-
 def round_record(
     annotation: np.ndarray,
     config: TrainConfig,
@@ -126,7 +118,7 @@ def round_record(
     return {
         "round": len(earlier_rounds) + 1,
         "start": "continued" if continued else "scratch",
-        "annotation_checksum": annotation_checksum(annotation),
+        "annotation_checksum": content_checksum(annotation),
         "painted_voxels": int(np.count_nonzero(annotation)),
         "painted_slices": painted,
         "time_budget": config.time_budget,
