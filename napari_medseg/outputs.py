@@ -124,8 +124,10 @@ def describe_os_error(exc: OSError, folder: Path) -> str:
         return f"no permission to write in folder {folder}"
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return "disk full"
-    if exc.errno == errno.ENOENT:
+    if exc.errno == errno.ENOENT and not folder.is_dir():
         return f"folder {folder} does not exist"
+    if exc.errno == errno.ENOENT:  # a folder that takes no new files (/proc, some mounts)
+        return f"cannot create files in folder {folder}"
     return " ".join(str(exc.strerror or exc).split())
 
 

@@ -395,3 +395,16 @@ def test_probabilities_into_a_folder_made_read_only_while_predicting(case, tmp_p
     message = str(failed.value)
     assert f"saved the segmentation {seg}" in message and "read-only" in message, message
     assert read_volume(seg).shape == SHAPE and not probabilities.exists()
+
+
+def test_a_folder_that_takes_no_new_files_is_not_called_missing(tmp_path):
+    """/proc exists but refuses new files (ENOENT): the message must not say it is missing."""
+    import os
+
+    from napari_medseg.outputs import check_output
+
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc to try")
+    with pytest.raises(MedsegInputError) as refused:
+        check_output("/proc/model.safetensors", "model", kind="model")
+    assert "does not exist" not in str(refused.value) and "/proc" in str(refused.value)
