@@ -14,6 +14,7 @@ from . import __version__
 from .errors import MedsegError, MedsegInputError
 from .options import add_arguments, config_from_args
 from .progress import Progress, ProgressBar, show
+from .run_report import describe_validation
 from .training import TrainConfig
 from .training.warm import WARM_START_BUDGET, with_warm_budget
 
@@ -68,6 +69,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{history['steps']} steps in {history['seconds']:.0f} s on {history['device']}, "
         f"final loss {history['final_loss']:.4f} ({history['stop_reason']}){start}"
     )
+    line, warning = describe_validation(history)
+    if line:
+        print(line)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 130 if stop.is_set() else 0  # interrupted, and what was trained is saved
 
 

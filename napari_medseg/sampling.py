@@ -25,6 +25,19 @@ def unknown_region(target: np.ndarray, margin: Sequence[int]) -> tuple[slice, ..
     return tuple(box)
 
 
+def pad_to_patch(
+    array: np.ndarray, patch_shape: Sequence[int], fill: float | int | bool, lead: int = 0
+) -> np.ndarray:
+    """``array`` padded with ``fill``, evenly on both sides, to at least ``patch_shape`` along
+    its spatial axes (the ones after the first ``lead``); as it is when already that large."""
+    spatial = array.shape[lead:]
+    pad = [max(0, p - s) for p, s in zip(patch_shape, spatial)]
+    if not any(pad):
+        return array
+    widths = [(0, 0)] * lead + [(w // 2, w - w // 2) for w in pad]
+    return np.pad(array, widths, constant_values=fill)
+
+
 class AnnotatedPatchSampler:
     """Sample patches centred near annotated voxels, balanced across classes.
 
@@ -59,11 +72,9 @@ class AnnotatedPatchSampler:
     ) -> None:
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.rng = rng
-        pad = [max(0, p - s) for p, s in zip(self.patch_shape, target.shape)]
-        widths = [(w // 2, w - w // 2) for w in pad]
         fill = float(image.min()) if image.size else 0.0
-        self.image = np.pad(image, [(0, 0), *widths], constant_values=fill) if any(pad) else image
-        self.target = np.pad(target, widths, constant_values=IGNORE_INDEX) if any(pad) else target
+        self.image = pad_to_patch(image, self.patch_shape, fill, lead=1)
+        self.target = pad_to_patch(target, self.patch_shape, IGNORE_INDEX)
         self.points: dict[int, np.ndarray] = {}
         flat = self.target.reshape(-1)
         for cls in np.unique(flat):

@@ -174,7 +174,8 @@ def test_by_default_networks_are_left_as_trained(arch, cube_case):
         items.append,
     )
     assert model.config.history["batch_norm_calibration_tiles"] == []
-    assert [p.step for p in items] == [1, 2] and not any(p.message for p in items)
+    assert [p.step for p in items][:2] == [1, 2]
+    assert not any("calibrat" in p.message for p in items)
 
 
 def test_a_stopped_run_ends_at_once_as_trained(cube_case):

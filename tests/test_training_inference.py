@@ -36,7 +36,8 @@ def test_training_yields_progress_and_returns_a_model():
         except StopIteration as done:
             model = done.value
             break
-    assert [p.step for p in items] == [1, 2, 3]
+    assert [p.step for p in items] == [1, 2, 3, 3]
+    assert items[-1].message.startswith("validation Dice")  # the run's own estimate, last
     assert all(isinstance(p, TrainProgress) and np.isfinite(p.loss) for p in items)
     assert items[-1].fraction == pytest.approx(1.0)
     assert model.config.n_classes == 2
@@ -106,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_good_weights(monkeypatch):
     gen = train(image, annotation, TrainConfig(iterations=50, time_budget=None, base_channels=4))
     items = []
     model = run_to_completion(gen, items.append)
-    assert "NaN" in items[-1].message
+    assert "NaN" in items[-2].message and "validation" in items[-1].message
     assert model.config.history["stop_reason"] == "diverged"
     assert all(
         torch.isfinite(t).all()

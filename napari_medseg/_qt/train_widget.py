@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QVBoxLayout, QWidget
 
 from ..annotation import declared_classes, validate_annotation
 from ..errors import MedsegInputError
+from ..run_report import describe_validation
 from ._common import button, form_layout, section_title, separator
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
@@ -198,7 +199,12 @@ class TrainWidget(RunsJob, QWidget):
         loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
         how = "stopped" if reason == "stopped" else reason
         self.progress.finish(f"{how} after {steps} steps{loss_text}", complete=reason != "stopped")
-        self.status.info(f"model '{entry.name}' ready — use it in 3 · Predict")
+        line, warning = describe_validation(history)
+        ready = f"model '{entry.name}' ready — use it in 3 · Predict"
+        if warning:
+            self.status.error(f"{ready}. Check it: {warning}")
+        else:
+            self.status.info(f"{ready}. {line.capitalize()}" if line else ready)
         self.save_button.setEnabled(True)
 
     # -- saving -----------------------------------------------------------------------------

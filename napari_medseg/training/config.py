@@ -104,6 +104,13 @@ class TrainConfig:
         1, help="networks trained one after the other with their own seeds and a share of "
         "the budget, averaged as one", min=1, max=MAX_MEMBERS, metavar="N",
     )
+    validation: bool = option(
+        True, help="hold out part of the painted voxels (a fifth of the painted slices when "
+        "there are five or more, else blocks of voxels), score the run on them as it trains, "
+        "keep the best weights, start again when a structure is not found, and report the "
+        "figure", negate=True, flag="no_validation",
+        flag_help="train on every painted voxel, without a held-out estimate",
+    )
     planes: Planes = option(
         "one", help="2D networks: learn from and predict in slices across the first axis "
         "(one) or the three orthogonal planes (three)",
@@ -141,10 +148,13 @@ class TrainProgress:
     elapsed: float
     fraction: float
     message: str = ""
+    validation: float | None = None
 
     def describe(self) -> str:
         """One line for a progress bar: step (of the total when known), loss, seconds and any
         message."""
         step = f"{self.step}/{self.total_steps}" if self.total_steps else str(self.step)
         text = f"step {step} loss {self.loss:.3f} {self.elapsed:4.0f}s"
+        if self.validation is not None:
+            text += f" validation {self.validation:.3f}"
         return f"{text} {self.message}".strip()

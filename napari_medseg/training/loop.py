@@ -22,8 +22,10 @@ from ..losses import class_weights_from_counts
 from ..models.calibration import batch_norm_layers
 from ..sampling import AnnotatedPatchSampler, unknown_region
 from .config import TrainConfig
+from .guard import Guard
 from .optimisation import Optimisation
 from .plan import TrainingPlan
+from .validation import ValidationScore
 
 PlaneSampler = tuple[AnnotatedPatchSampler, tuple[float, ...]]
 
@@ -35,6 +37,7 @@ class StepReport:
     step: int
     loss: float
     message: str = ""
+    validation: float | None = None
 
 
 @dataclass
@@ -46,6 +49,8 @@ class NetworkResult:
     reason: str
     losses: list[float]
     calibration_tiles: int | None = None
+    validation: ValidationScore | None = None
+    scores: list[ValidationScore] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +68,19 @@ class _RunState:
         rate = self.seconds_per_step
         self.seconds_per_step = took if self.step == 1 else 0.8 * rate + 0.2 * took
 
+    def pause(self) -> None:
+        """Time spent since the last step (scoring) does not count as a step's."""
+        self._last = time.perf_counter()
+
+
+def plane_patch(plan: TrainingPlan, axis: int, shape: Sequence[int]) -> tuple[int, ...]:
+    """The training patch of plane ``axis``'s view of a volume of ``shape`` (view order)."""
+    from .defaults import patch_shape_for
+
+    order = (axis, *(b for b in range(3) if b != axis))
+    view_shape = tuple(shape[b] for b in order)
+    return patch_shape_for(plan.config, view_shape, tuple(plan.spacing[b] for b in order))
+
 
 def plane_samplers(
     plan: TrainingPlan, normalized: np.ndarray, target: np.ndarray, rng: np.random.Generator
@@ -71,16 +89,13 @@ def plane_samplers(
 
     The view of plane ``a`` has axis ``a`` first: a 2D network reads its slices along it.
     """
-    from .defaults import patch_shape_for
-
     samplers = []
     for axis in plan.planes:
         order = (axis, *(b for b in range(3) if b != axis))
-        view_target = np.moveaxis(target, axis, 0)
         view_spacing = tuple(plan.spacing[b] for b in order)
-        patch = patch_shape_for(plan.config, view_target.shape, view_spacing)
+        patch = plane_patch(plan, axis, target.shape)
         sampler = AnnotatedPatchSampler(
-            np.moveaxis(normalized, axis + 1, 1), view_target, patch, rng
+            np.moveaxis(normalized, axis + 1, 1), np.moveaxis(target, axis, 0), patch, rng
         )
         samplers.append((sampler, view_spacing))
     return samplers
@@ -146,6 +161,28 @@ def decided_region(
     return normalized if box is None else normalized[(slice(None), *box)]
 
 
+def _measure(guard: Guard, run: Optimisation, state: _RunState) -> ValidationScore:
+    result = guard.measure(run.predict_classes, run.snapshot, state.step, state.seconds_per_step)
+    state.pause()
+    return result
+
+
+def _final_choice(
+    guard: Guard, run: Optimisation, state: _RunState
+) -> tuple[StepReport, ValidationScore | None]:
+    """Score the last weights (unless just scored), keep them or the best; say which."""
+    if state.step and (not guard.scores or guard.scores[-1].step != state.step):
+        _measure(guard, run, state)
+    chosen = guard.choose(run.load)
+    loss = state.losses[-1] if state.losses else math.nan
+    if chosen is None:
+        return StepReport(step=state.step, loss=loss), None
+    text = f"validation Dice {chosen.score:.3f}"
+    if chosen.step != state.step:
+        text += f" (weights of step {chosen.step} kept: they scored higher)"
+    return StepReport(step=state.step, loss=loss, message=text, validation=chosen.score), chosen
+
+
 def train_network(
     plan: TrainingPlan,
     batches: SerialBatches | PrefetchedBatches,
@@ -154,6 +191,7 @@ def train_network(
     calibration_region: Callable[[], np.ndarray] | None = None,
     first: bool = True,
     initial_state: dict[str, torch.Tensor] | None = None,
+    guard: Guard | None = None,
 ) -> Generator[StepReport, None, NetworkResult]:
     """Train one network of the plan on ``batches`` until its budget, a divergence or Stop.
 
@@ -161,20 +199,21 @@ def train_network(
     in eval mode on the CPU however the run ends. With ``calibration_region`` and the plan's
     ``calibrate_batch_norm``, batch norm is re-estimated there after a run that is kept (one
     that finished, or the ``first`` network), never after Stop. ``initial_state``: the
-    weights to continue from (a warm start).
+    weights to continue from (a warm start). With a ``guard`` the network is scored on the
+    held-out voxels as it trains, ends with the better of its last and best weights, and
+    ends early (reason ``"missed"``) when half-way through it has not found a structure.
     """
     config, member = plan.config, plan.member_config
     weights = class_weights_from_counts(plan.class_voxel_counts, power=plan.class_weight_power)
     run = Optimisation(config, plan.network, plan.device, weights, initial_state)
-    state, reason, tiles = _RunState(), None, None
+    state, reason, tiles, chosen = _RunState(), None, None, None
     try:
         while (reason := _stop_reason(member, state, stop, time.perf_counter() - started)) is None:
             images, targets = batches.next()
             fraction = run_fraction(member, state.step, time.perf_counter() - started)
             if plan.freeze_batch_norm and fraction >= 1 - plan.freeze_batch_norm:
                 run.freeze_batch_norm()
-            rate = config.learning_rate * lr_factor(fraction, state.step)
-            loss = run.step(images, targets, rate)
+            loss = run.step(images, targets, config.learning_rate * lr_factor(fraction, state.step))
             if not math.isfinite(loss):
                 run.restore_last_good()
                 reason = "diverged"
@@ -184,7 +223,16 @@ def train_network(
             state.record(loss)
             if state.step % 10 == 0:
                 run.remember_good()
-            yield StepReport(step=state.step, loss=loss)
+            report = StepReport(step=state.step, loss=loss)
+            if guard is not None and guard.due(state.step):
+                report.validation = _measure(guard, run, state).score
+                reason = "missed" if guard.missed(fraction) else None
+            yield report
+            if reason is not None:
+                break
+        if guard is not None and reason != "stopped":
+            final, chosen = _final_choice(guard, run, state)
+            yield final
         kept = reason == "finished" or first
         ready = kept and config.calibrate_batch_norm and state.step and reason != "stopped"
         if ready and calibration_region is not None and batch_norm_layers(run.network):
@@ -193,7 +241,10 @@ def train_network(
             tiles = run.calibrate(calibration_region(), plan.patch_shape)
     finally:
         run.release()
-    return NetworkResult(run.network, state.step, reason or "finished", state.losses, tiles)
+    scores = guard.scores if guard is not None else []
+    return NetworkResult(
+        run.network, state.step, reason or "finished", state.losses, tiles, chosen, scores
+    )
 
 
 @contextmanager

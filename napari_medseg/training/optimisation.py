@@ -89,6 +89,32 @@ class Optimisation:
         """Return to the last weights remembered as good."""
         self.network.load_state_dict(self.last_good)
 
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the weights and batch-norm statistics as they are now."""
+        return {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Put weights taken by :meth:`snapshot` back."""
+        self.network.load_state_dict(state)
+
+    @torch.no_grad()
+    def predict_classes(self, images: np.ndarray) -> np.ndarray:
+        """The class of every voxel of ``(B, C, *patch)`` images, as prediction would give it
+        (eval mode), without disturbing the training mode of any layer."""
+        modes = {module: module.training for module in self.network.modules()}
+        self.network.eval()
+        try:
+            amp = self.amp_dtype
+            with torch.autocast(
+                self.device.type, dtype=amp or torch.float32, enabled=amp is not None
+            ):
+                logits = self.network(self._input(images))
+            classes: np.ndarray = logits.argmax(1).cpu().numpy()
+            return classes
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+
     def calibrate(self, normalized: np.ndarray, patch_shape: Sequence[int]) -> int:
         """Batch-norm statistics from tiles of ``normalized`` (returns the tile count)."""
         return recalibrate_batch_norm(

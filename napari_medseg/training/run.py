@@ -18,18 +18,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..annotation import annotation_to_target
+from ..annotation import IGNORE_INDEX, annotation_to_target
 from ..batches import PrefetchedBatches, SerialBatches
 from ..model import ModelConfig, TrainedModel
 from ..models import Ensemble
 from ..painted_slices import as_3d
 from ..progress import relay
 from .config import TrainConfig, TrainProgress
+from .guard import RETRY_SEED, Guard, build_guard, missed_names, retry_plan, validation_record
 from .loop import (
     NetworkResult,
     StepReport,
     decided_region,
     make_batch,
+    plane_patch,
     plane_samplers,
     run_fraction,
     torch_threads,
@@ -45,6 +47,8 @@ class _Members:
 
     results: list[NetworkResult] = field(default_factory=list)
     kept: list[NetworkResult] = field(default_factory=list)
+    guard: Guard | None = None
+    restarted: bool = False
 
     @property
     def steps(self) -> int:
@@ -116,13 +120,20 @@ def run_plan(
     """Train the plan's network(s) on the image; returns them with how each run ended."""
     rng = np.random.default_rng(plan.config.seed)
     torch.manual_seed(plan.config.seed)
-    target = annotation_to_target(as_3d(annotation, "annotation"))
+    annotation = as_3d(annotation, "annotation")
+    target = annotation_to_target(annotation)
     normalized = plan.normalization.apply(as_3d(image, "image"))[np.newaxis]
-    samplers = plane_samplers(plan, normalized, target, rng)
+    guard = None
+    if plan.config.validation:
+        axis = plan.planes[0]
+        patch = plane_patch(plan, axis, target.shape)
+        guard = build_guard(annotation, normalized, axis, patch, plan.n_classes, rng)
+    training = target if guard is None else np.where(guard.held.mask, IGNORE_INDEX, target)
+    samplers = plane_samplers(plan, normalized, training, rng)
     make = functools.partial(make_batch, samplers, plan.config.batch_size, plan.augment)
     workers = plan.batch_workers
     region = functools.partial(decided_region, normalized, target, plan.patch_shape)
-    members = _Members()
+    members = _Members(guard=guard)
     states = member_states(plan.init) if plan.init is not None else None
     with torch_threads(plan.threads):
         batches = PrefetchedBatches(make, rng, workers) if workers else SerialBatches(make, rng)
@@ -131,12 +142,11 @@ def run_plan(
                 if member:
                     torch.manual_seed(plan.config.seed + member)
                 started = start if member == 0 else time.perf_counter()
-                network = train_network(
-                    plan, batches, stop, started, region, first=member == 0,
-                    initial_state=states[member] if states else None,
+                train_one = functools.partial(
+                    train_network, batches=batches, stop=stop, calibration_region=region,
+                    first=member == 0, initial_state=states[member] if states else None,
                 )
-                wrap = _member_progress(plan, member, members.steps, start, started)
-                result = yield from relay(network, wrap)
+                result = yield from _member(plan, train_one, member, members, start, started)
                 members.results.append(result)
                 if result.reason == "finished" or not members.kept:
                     members.kept.append(result)
@@ -147,18 +157,67 @@ def run_plan(
     return members
 
 
+def _member(
+    plan: TrainingPlan,
+    train_one: Callable[..., Generator[StepReport, None, NetworkResult]],
+    member: int,
+    members: _Members,
+    start: float,
+    started: float,
+) -> Generator[TrainProgress, None, NetworkResult]:
+    """One network of the run; trained once more at half the learning rate, in the time
+    left, when its validation found nothing of a structure half-way through."""
+    guard = members.guard.fresh() if members.guard is not None else None
+    wrap = _member_progress(plan, member, members.steps, start, started)
+    result = yield from relay(train_one(plan, started=started, guard=guard), wrap)
+    if result.reason != "missed" or members.guard is None:
+        return result
+    again = retry_plan(plan, result.steps, started)
+    missing = ", ".join(missed_names(plan, result))
+    if again is None:
+        result.reason = "finished"
+        return result
+    note = f"validation found no {missing}: training again at half the learning rate"
+    yield wrap(StepReport(step=result.steps, loss=result.losses[-1], message=note))
+    members.restarted = True
+    torch.manual_seed(plan.config.seed + RETRY_SEED + member)
+    now = time.perf_counter()
+    head = run_fraction(plan.member_config, result.steps, now - started)
+    wrap = _member_progress(again, member, members.steps + result.steps, start, now, head)
+    second = yield from relay(train_one(again, started=now, guard=members.guard.fresh()), wrap)
+    total = result.steps + second.steps
+    better = second if _validated(second) >= _validated(result) else result
+    better.steps = total  # both attempts spent the budget
+    if better.reason == "missed":
+        better.reason = "finished"
+    return better
+
+
+def _validated(result: NetworkResult) -> float:
+    return result.validation.score if result.validation is not None else -1.0
+
+
 def _member_progress(
-    plan: TrainingPlan, member: int, done_steps: int, start: float, started: float
+    plan: TrainingPlan,
+    member: int,
+    done_steps: int,
+    start: float,
+    started: float,
+    head: float = 0.0,
 ) -> Callable[[StepReport], TrainProgress]:
-    """Turns one network's step reports into the whole run's :class:`TrainProgress`."""
+    """Turns one network's step reports into the whole run's :class:`TrainProgress`
+    (``head``: the share of this member's run already done by an earlier attempt)."""
     n, iterations = plan.members, plan.config.iterations
+    latest: list[float | None] = [None]
 
     def wrap(report: StepReport) -> TrainProgress:
         message = report.message
         if n > 1:
             message = f"network {member + 1}/{n} {message}".strip()
+        if report.validation is not None:
+            latest[0] = report.validation
         now = time.perf_counter()
-        fraction = run_fraction(plan.member_config, report.step, now - started)
+        fraction = head + (1 - head) * run_fraction(plan.member_config, report.step, now - started)
         return TrainProgress(
             step=done_steps + report.step,
             total_steps=iterations * n if iterations else None,
@@ -166,6 +225,7 @@ def _member_progress(
             elapsed=now - start,
             fraction=(member + fraction) / n,
             message=message,
+            validation=latest[0],
         )
 
     return wrap
@@ -202,6 +262,11 @@ def assemble_model(
         ],
         "planes": list(plan.planes),
     }
+    if members.guard is not None:
+        history["validation"] = validation_record(
+            members.guard.held, last.validation, last.scores, plan.class_names,
+            members.restarted,
+        )
     rounds = earlier_rounds(plan.init)
     this = round_record(annotation, plan.config, history, plan.init is not None, rounds)
     history["rounds"] = [*rounds, this]
