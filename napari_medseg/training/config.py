@@ -104,6 +104,11 @@ class TrainConfig:
         1, help="networks trained one after the other with their own seeds and a share of "
         "the budget, averaged as one", min=1, max=MAX_MEMBERS, metavar="N",
     )
+    weight_average: bool = option(
+        True, help="validate and keep a moving average of the weights over the last ~100 "
+        "steps instead of the last step's weights", negate=True, flag="no_weight_average",
+        flag_help="keep the last step's weights",
+    )
     validation: bool = option(
         True, help="hold out part of the painted voxels (a fifth of the painted slices when "
         "there are five or more, else blocks of voxels), score the run on them as it trains, "

@@ -14,6 +14,7 @@ from ..device import autocast_dtype, memory_format_for, place, release_device
 from ..losses import masked_cross_entropy, masked_soft_dice
 from ..models import NetworkConfig, build_network
 from ..models.calibration import batch_norm_layers, recalibrate_batch_norm
+from .averaging import WeightAverage
 from .config import TrainConfig
 from .warm import grown_state
 
@@ -46,6 +47,12 @@ class Optimisation:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.pin = device.type == "cuda"
         self.last_good = copy.deepcopy(self.network.state_dict())
+        self.average = WeightAverage(self.network) if config.weight_average else None
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The network a run validates and returns: the weight average when there is one."""
+        return self.average.model if self.average is not None else self.network
 
     def _to_device(self, array: np.ndarray, dtype: npt.DTypeLike) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
@@ -74,6 +81,8 @@ class Optimisation:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.average is not None:
+                self.average.update(self.network)
         return value
 
     def freeze_batch_norm(self) -> None:
@@ -86,29 +95,32 @@ class Optimisation:
         self.last_good = copy.deepcopy(self.network.state_dict())
 
     def restore_last_good(self) -> None:
-        """Return to the last weights remembered as good."""
+        """Return to the last weights remembered as good (the average starts again there)."""
         self.network.load_state_dict(self.last_good)
+        if self.average is not None:
+            self.average.reset(self.network)
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A copy of the weights and batch-norm statistics as they are now."""
-        return {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.kept.state_dict().items()}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         """Put weights taken by :meth:`snapshot` back."""
-        self.network.load_state_dict(state)
+        self.kept.load_state_dict(state)
 
     @torch.no_grad()
     def predict_classes(self, images: np.ndarray) -> np.ndarray:
         """The class of every voxel of ``(B, C, *patch)`` images, as prediction would give it
         (eval mode), without disturbing the training mode of any layer."""
-        modes = {module: module.training for module in self.network.modules()}
-        self.network.eval()
+        network = self.kept
+        modes = {module: module.training for module in network.modules()}
+        network.eval()
         try:
             amp = self.amp_dtype
             with torch.autocast(
                 self.device.type, dtype=amp or torch.float32, enabled=amp is not None
             ):
-                logits = self.network(self._input(images))
+                logits = network(self._input(images))
             classes: np.ndarray = logits.argmax(1).cpu().numpy()
             return classes
         finally:
@@ -118,7 +130,7 @@ class Optimisation:
     def calibrate(self, normalized: np.ndarray, patch_shape: Sequence[int]) -> int:
         """Batch-norm statistics from tiles of ``normalized`` (returns the tile count)."""
         return recalibrate_batch_norm(
-            self.network,
+            self.kept,
             normalized,
             patch_shape,
             device=self.device,
@@ -127,7 +139,10 @@ class Optimisation:
         )
 
     def release(self) -> None:
-        """Eval mode, back to the CPU, device memory freed."""
+        """The kept weights in the network, eval mode, back to the CPU, device memory freed."""
+        if self.average is not None:
+            self.network.load_state_dict(self.average.model.state_dict())
+            self.average = None
         self.network.eval()
         place(self.network, "cpu", torch.contiguous_format)
         release_device(self.device)
