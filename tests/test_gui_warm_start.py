@@ -85,3 +85,27 @@ def test_what_makes_a_network_differ():
     assert network_differs(TrainConfig(base_channels=4, seed=3, learning_rate=1e-3), model) == []
     assert network_differs(TrainConfig(arch="unet2d", base_channels=4), model) == ["arch"]
     assert network_differs(TrainConfig(), model) == ["base_channels"]
+
+
+def test_the_run_draws_its_loss_and_validation_and_reports_the_figure(
+    synthetic_viewer, qtbot, models, tmp_path
+):
+    widget = TrainWidget(synthetic_viewer)
+    synthetic_viewer.window.add_dock_widget(widget, area="right")
+    synthetic_viewer.window.show()
+    widget.form.set_values(iterations=60, time_budget=None, device="cpu")
+    assert widget.curves.isHidden()
+    model = _train(widget, qtbot)
+    figure = model.config.history["validation"]["score"]
+    assert widget.curves.isVisible() and len(widget.curves.loss) == 60
+    assert widget.curves.validation[-1][1] == pytest.approx(figure, abs=1e-4)
+    assert f"validation Dice {figure:.3f}" in widget.progress.label.text()
+    assert "held out" in widget.status.toolTip()
+    shot = synthetic_viewer.screenshot(canvas_only=False)
+    assert shot.ndim == 3
+    from imageio.v3 import imwrite
+
+    imwrite(tmp_path / "train_curves.png", shot)  # to look at by hand
+    widget.start_training()  # a new run starts with empty curves
+    assert widget.curves.loss == [] or widget.curves.loss[0][0] == 1
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)

@@ -18,6 +18,7 @@ from ..annotation import declared_classes, validate_annotation
 from ..errors import MedsegInputError
 from ..run_report import describe_validation
 from ._common import button, form_layout, section_title, separator
+from ._curves import TrainingCurves
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
@@ -67,6 +68,7 @@ class TrainWidget(RunsJob, QWidget):
             stopping="stopping after the current step…",
         )
         self.progress, self.status = self.job.progress, self.job.status
+        self.curves = TrainingCurves()
         self.save_button = button("Save model…", "Write the last trained model to a file")
         self.save_button.setEnabled(False)
 
@@ -81,6 +83,7 @@ class TrainWidget(RunsJob, QWidget):
         layout.addWidget(self.continue_box)
         layout.addLayout(self.job.button_row())
         layout.addWidget(self.progress)
+        layout.addWidget(self.curves)
         layout.addWidget(self.status)
         layout.addWidget(self.save_button)
         layout.addStretch(1)
@@ -129,6 +132,7 @@ class TrainWidget(RunsJob, QWidget):
             report_error(exc, self.status)
             return False
         self._last_progress = None
+        self.curves.clear()
         self._image_name = self.image_picker.layer().name
         init = self.continued_model(image.shape)
         changed = network_differs(config, init) if init is not None else []
@@ -182,6 +186,7 @@ class TrainWidget(RunsJob, QWidget):
     def _on_progress(self, progress: Any) -> None:
         self._last_progress = progress
         self.job.show_progress(progress)
+        self.curves.add(progress.step, progress.loss, progress.validation)
 
     def _on_model(self, model: Any) -> None:
         self.model = model
@@ -198,13 +203,17 @@ class TrainWidget(RunsJob, QWidget):
         reason = history.get("stop_reason", "finished")
         loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
         how = "stopped" if reason == "stopped" else reason
-        self.progress.finish(f"{how} after {steps} steps{loss_text}", complete=reason != "stopped")
         line, warning = describe_validation(history)
+        figure = f", {line.split(' on ')[0]}" if line.startswith("validation Dice") else ""
+        self.progress.finish(
+            f"{how} after {steps} steps{loss_text}{figure}", complete=reason != "stopped"
+        )
         ready = f"model '{entry.name}' ready — use it in 3 · Predict"
         if warning:
             self.status.error(f"{ready}. Check it: {warning}")
         else:
-            self.status.info(f"{ready}. {line.capitalize()}" if line else ready)
+            self.status.info(ready)
+        self.status.setToolTip(line)
         self.save_button.setEnabled(True)
 
     # -- saving -----------------------------------------------------------------------------
