@@ -30,7 +30,8 @@ def _train_model(widget, qtbot, models, **values):
     widget.form.set_values(**{**FAST, **values})
     assert widget.start_training() is True, widget.status.text()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
-    assert not widget.status.is_error, widget.status.text()
+    # a model is ready; a run of a few steps may be warned about (it found nothing yet)
+    assert "ready" in widget.status.text(), widget.status.text()
     return models.latest()
 
 
