@@ -4,8 +4,9 @@ A real case is painted on whole axial slices from its expert label (structure an
 background), and nothing else: the rest of the volume, far from the structure too, stays
 unknown. One model is trained per case and seed (CPU, defaults, ``--budget`` seconds or
 ``--iterations`` steps) and scored on the whole volume with the painted voxels keeping their
-labels, as the GUI shows it, and on the voxels nobody painted. One JSON line per run, then
-the medians.
+labels, as the GUI shows it, and on the voxels nobody painted, and on the whole volume again
+with only the predicted regions that touch a painted voxel of their structure kept
+(``PredictConfig.keep_regions="touching painted"``). One JSON line per run, then the medians.
 
     python benchmarks/no_box.py --cases brain1:12,14,16 breast1:8,10 --seeds 0 1 2
 """
@@ -26,6 +27,7 @@ from paper_table import load_case  # noqa: E402
 from napari_medseg.inference import PredictConfig, predict  # noqa: E402
 from napari_medseg.metrics import evaluate  # noqa: E402
 from napari_medseg.progress import run_to_completion  # noqa: E402
+from napari_medseg.regions import keep_touching_painted  # noqa: E402
 from napari_medseg.sample_data import real_case_annotation  # noqa: E402
 from napari_medseg.training import TrainConfig, train  # noqa: E402
 
@@ -49,9 +51,12 @@ def run(name: str, slices: list[int], seed: int, budget: float | None,
     kept = labels.copy()
     kept[painted] = annotation[painted] - 1
     validation = model.config.history.get("validation") or {}
+    touching = kept.copy()
+    keep_touching_painted(touching, annotation)
     return {
         "case": name, "slices": slices, "seed": seed,
         "whole_volume_dice": _dice(kept, case), "unpainted_dice": _dice(labels, case, ~painted),
+        "touching_painted_dice": _dice(touching, case),
         "predicted_voxels": int((labels > 0).sum()), "expert_voxels": int((case.expert > 0).sum()),
         "steps": model.config.history["steps"], "validation": validation.get("score"),
         "held_out": validation.get("held_out"),

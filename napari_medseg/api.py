@@ -28,6 +28,7 @@ from .io import read_volume, write_volume
 from .metrics import EvaluationResult, evaluate
 from .outputs import check_inputs, check_outputs, describe_os_error, rescue_model
 from .progress import run_to_completion
+from .regions import apply_regions
 from .training import TrainConfig, TrainProgress, train
 from .volume import Volume
 
@@ -188,6 +189,9 @@ def predict_file(
     prediction = predict_volume_with_geometry(model, image, config, on_progress=on_progress)
     if annotation is not None:
         prediction.kept_voxels = keep_painted(prediction.labels, annotation.array)
+        prediction.cleared_voxels = apply_regions(
+            prediction.labels, annotation.array, config.regions
+        )
     write_volume(out_path, prediction.labels, reference=image)
     _write_extras(prediction, image, out_path, probabilities_path, uncertainty_path)
     return prediction

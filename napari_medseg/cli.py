@@ -82,6 +82,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import PredictConfig
 
     config = config_from_args(PredictConfig, args)
+    if config.regions != "all" and not args.annotation:
+        raise MedsegInputError(f"--regions {config.regions} needs --annotation (the painting)")
     paths = (args.model, args.image, args.out, args.probabilities, args.uncertainty)
     check_predict_paths(*paths, annotation=args.annotation)  # before the annotation is read
     annotation = None
@@ -110,6 +112,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     kept = ""
     if args.annotation:
         kept = f"; {prediction.kept_voxels:,} painted voxels kept from {args.annotation}"
+        if prediction.cleared_voxels:
+            kept += f"; {prediction.cleared_voxels:,} voxels apart from the painting cleared"
     print(f"saved {args.out} (voxels per structure: {counts or 'none'}{kept})")
     for path in (args.probabilities, args.uncertainty):
         if path:

@@ -36,6 +36,7 @@ from .model import TrainedModel
 from .models import Ensemble
 from .options import check_choice, option
 from .progress import run_to_completion
+from .regions import Regions
 from .tiling import grown_tile, is_thin, padded_voxels
 
 __all__ = [
@@ -70,6 +71,11 @@ class PredictConfig:
     probabilities: bool = option(
         False, help="also return the probability of every class at every voxel"
     )
+    regions: Regions = option(
+        "all", help="with the annotation applied: keep every predicted region (all), or only "
+        "the regions touching a voxel painted as their structure (touching: for one object "
+        "painted on a few slices without a box; clears what is marked apart from it)",
+    )
     tile_shape: tuple[int, int, int] | None = option(
         None, help="tile size in voxels, in array order", none_text="chosen from the model",
         suggest=(64, 128, 128), min=1, max=4096, metavar=("Z", "Y", "X"),
@@ -92,6 +98,7 @@ class PredictConfig:
     def __post_init__(self) -> None:
         try:
             check_choice(PredictConfig, "device", self.device)
+            check_choice(PredictConfig, "regions", self.regions)
         except ValueError as exc:
             raise MedsegInputError(str(exc)) from None
         if not 0.0 <= self.overlap < 1.0:
@@ -131,7 +138,9 @@ class Prediction:
     when asked for (:func:`disagreement`), else ``None``. ``complete`` is False when stopped
     early (the labels then cover only the finished tiles and must not be used as a result).
     ``kept_voxels``: voxels given the user's painted label afterwards
-    (:func:`~napari_medseg.annotation.keep_painted`; 0 when no annotation was applied).
+    (:func:`~napari_medseg.annotation.keep_painted`; 0 when no annotation was applied);
+    ``cleared_voxels``: voxels of regions apart from the painting cleared then
+    (``PredictConfig.regions``).
     """
 
     labels: np.ndarray
@@ -141,6 +150,7 @@ class Prediction:
     tile_shape: tuple[int, ...] = ()
     uncertainty: np.ndarray | None = None
     kept_voxels: int = 0
+    cleared_voxels: int = 0
 
 
 def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:

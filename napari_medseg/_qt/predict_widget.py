@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QVBoxLayout, QWidget
 
 from ..annotation import keep_painted
 from ..errors import MedsegInputError
+from ..regions import Regions, apply_regions
 from ._common import StatusLabel, button, form_layout, section_title, separator
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
@@ -28,7 +29,7 @@ from .predict.output_layers import LiveSegmentation, show_probabilities, show_un
 from .predict.saving import SEGMENTATION_FILE_FILTER, write_segmentation
 from .predict.suggestions import SliceSuggestions
 
-BASIC_FIELDS = ("device", "overlap", "probabilities", "uncertainty")
+BASIC_FIELDS = ("device", "regions", "overlap", "probabilities", "uncertainty")
 #: At most one redraw of the growing segmentation per this many seconds (tiles can be fast).
 REFRESH_INTERVAL_S = 0.1
 
@@ -60,16 +61,22 @@ def annotation_to_keep(picker: LayerPicker, shape: tuple[int, ...]) -> Labels | 
     return None
 
 
-def keep_painted_from(annotation_layer: Labels, labels: np.ndarray) -> tuple[int, str]:
+def keep_painted_from(
+    annotation_layer: Labels, labels: np.ndarray, regions: Regions = "all"
+) -> tuple[int, str]:
     """Give ``labels`` the voxels painted in ``annotation_layer`` (read now: painting may
-    have gone on); the number of painted voxels and a note for the status line."""
+    have gone on), then apply ``regions``; the number of painted voxels and a note for the
+    status line."""
+    annotation = layer_array(annotation_layer)
     try:
-        kept = keep_painted(labels, layer_array(annotation_layer))
+        kept = keep_painted(labels, annotation)
     except MedsegInputError as exc:  # changed shape, or a label too large
         return 0, f" (painted voxels of '{annotation_layer.name}' not kept: {exc})"
+    cleared = apply_regions(labels, annotation, regions)
+    note = f" · {cleared:,} voxels apart from your painting cleared" if cleared else ""
     if not kept:
-        return 0, ""
-    return kept, f" · {kept:,} painted voxels kept from '{annotation_layer.name}'"
+        return 0, note
+    return kept, f" · {kept:,} painted voxels kept from '{annotation_layer.name}'{note}"
 
 
 class PredictWidget(RunsJob, QWidget):
@@ -296,7 +303,8 @@ class PredictWidget(RunsJob, QWidget):
             return ""
         if annotation_layer is self.live.layer:
             return ""
-        self.kept_voxels, note = keep_painted_from(annotation_layer, labels)
+        regions = self.form.values()["regions"]
+        self.kept_voxels, note = keep_painted_from(annotation_layer, labels, regions)
         return note
 
     def _show_probabilities(self, probabilities: np.ndarray) -> None:
