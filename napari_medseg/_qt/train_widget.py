@@ -22,6 +22,7 @@ from ._curves import TrainingCurves
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
 from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
+from ._preview_layer import LivePreviewLayer
 from ._state import MODELS, ModelRegistry
 from ._worker import report_error, run_function
 
@@ -69,6 +70,7 @@ class TrainWidget(RunsJob, QWidget):
         )
         self.progress, self.status = self.job.progress, self.job.status
         self.curves = TrainingCurves()
+        self.preview = LivePreviewLayer(napari_viewer)
         self.save_button = button("Save model…", "Write the last trained model to a file")
         self.save_button.setEnabled(False)
 
@@ -142,10 +144,11 @@ class TrainWidget(RunsJob, QWidget):
             config = with_warm_budget(config)
         self._arch = init.config.arch if init is not None else config.arch
         self._trained_on = (self._image_name, tuple(image.shape))
+        request = self.preview.start(self.image_picker.layer(), int(annotation.max()) - 1)
         self.job.start(
             lambda stop: train(
                 image, annotation, config, spacing=spacing, class_names=names, stop=stop,
-                init=init,
+                init=init, preview=request,
             ),
             message=(
                 f"continuing from '{self.model_name}'…" if init is not None
@@ -154,6 +157,7 @@ class TrainWidget(RunsJob, QWidget):
             ),
             on_yield=self._on_progress,
             on_return=self._on_model,
+            on_finish=self.preview.finish,
         )
         return True
 
@@ -187,8 +191,11 @@ class TrainWidget(RunsJob, QWidget):
         self._last_progress = progress
         self.job.show_progress(progress)
         self.curves.add(progress.step, progress.loss, progress.validation)
+        if progress.preview is not None:
+            self.preview.show(progress.preview)
 
     def _on_model(self, model: Any) -> None:
+        self.preview.finish()
         self.model = model
         stamp = time.strftime("%H:%M:%S")
         history = getattr(model.config, "history", {}) or {}

@@ -9,6 +9,7 @@ from ..device import DeviceName
 from ..errors import MedsegInputError
 from ..models import MAX_MEMBERS, MAX_PATCH_SIZE, Arch
 from ..options import check_choice, option
+from .preview import SlicePreview
 
 Planes = Literal["one", "three"]
 Flips = Literal["auto", "on", "off"]
@@ -154,6 +155,7 @@ class TrainProgress:
     fraction: float
     message: str = ""
     validation: float | None = None
+    preview: SlicePreview | None = None
 
     def describe(self) -> str:
         """One line for a progress bar: step (of the total when known), loss, seconds and any

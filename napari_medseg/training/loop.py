@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .guard import Guard
 from .optimisation import Optimisation
 from .plan import TrainingPlan
+from .preview import LivePreview, SlicePreview
 from .validation import ValidationScore
 
 PlaneSampler = tuple[AnnotatedPatchSampler, tuple[float, ...]]
@@ -38,6 +39,7 @@ class StepReport:
     loss: float
     message: str = ""
     validation: float | None = None
+    preview: SlicePreview | None = None
 
 
 @dataclass
@@ -192,6 +194,7 @@ def train_network(
     first: bool = True,
     initial_state: dict[str, torch.Tensor] | None = None,
     guard: Guard | None = None,
+    live: LivePreview | None = None,
 ) -> Generator[StepReport, None, NetworkResult]:
     """Train one network of the plan on ``batches`` until its budget, a divergence or Stop.
 
@@ -202,6 +205,8 @@ def train_network(
     weights to continue from (a warm start). With a ``guard`` the network is scored on the
     held-out voxels as it trains, ends with the better of its last and best weights, and
     ends early (reason ``"missed"``) when half-way through it has not found a structure.
+    With ``live``, every few seconds a report carries the kept weights' labels of the slice
+    the viewer shows.
     """
     config, member = plan.config, plan.member_config
     weights = class_weights_from_counts(plan.class_voxel_counts, power=plan.class_weight_power)
@@ -227,6 +232,9 @@ def train_network(
             if guard is not None and guard.due(state.step):
                 report.validation = _measure(guard, run, state).score
                 reason = "missed" if guard.missed(fraction) else None
+            if live is not None and live.due():
+                report.preview = live.make(run.predict_classes, state.step)
+                state.pause()
             yield report
             if reason is not None:
                 break

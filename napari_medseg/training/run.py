@@ -38,6 +38,7 @@ from .loop import (
     train_network,
 )
 from .plan import TrainingPlan, plan_training
+from .preview import LivePreview, PreviewRequest
 from .warm import earlier_rounds, member_states, round_record
 
 
@@ -64,6 +65,7 @@ def train(
     class_names: Sequence[str] | None = None,
     stop: threading.Event | None = None,
     init: TrainedModel | None = None,
+    preview: PreviewRequest | None = None,
 ) -> Generator[TrainProgress, None, TrainedModel]:
     """Train a network on a sparse annotation, from scratch or continuing from ``init``.
 
@@ -86,6 +88,9 @@ def train(
         A model to continue from (a warm start: its network, weights and intensity
         normalisation are kept; a structure it did not know gets a new output). Its rounds
         are kept in the new model's history, this run added as the next.
+    preview : PreviewRequest, optional
+        The slice a viewer shows: every few seconds a progress item carries the current
+        model's labels of it (:class:`~.preview.SlicePreview`).
 
     Yields
     ------
@@ -106,7 +111,7 @@ def train(
         image, annotation, config, spacing=spacing, class_names=class_names, init=init
     )
     start = time.perf_counter()
-    members = yield from run_plan(plan, image, annotation, stop, start)
+    members = yield from run_plan(plan, image, annotation, stop, start, preview)
     return assemble_model(plan, members, start, as_3d(annotation, "annotation"))
 
 
@@ -116,6 +121,7 @@ def run_plan(
     annotation: np.ndarray,
     stop: threading.Event | None,
     start: float,
+    preview: PreviewRequest | None = None,
 ) -> Generator[TrainProgress, None, _Members]:
     """Train the plan's network(s) on the image; returns them with how each run ended."""
     rng = np.random.default_rng(plan.config.seed)
@@ -145,6 +151,9 @@ def run_plan(
                 train_one = functools.partial(
                     train_network, batches=batches, stop=stop, calibration_region=region,
                     first=member == 0, initial_state=states[member] if states else None,
+                    live=None if preview is None else LivePreview(
+                        preview, normalized, plan.patch_shape
+                    ),
                 )
                 result = yield from _member(plan, train_one, member, members, start, started)
                 members.results.append(result)
@@ -226,6 +235,7 @@ def _member_progress(
             fraction=(member + fraction) / n,
             message=message,
             validation=latest[0],
+            preview=report.preview,
         )
 
     return wrap
