@@ -72,9 +72,8 @@ class PredictConfig:
         False, help="also return the probability of every class at every voxel"
     )
     regions: Regions = option(
-        "all", help="with the annotation applied: keep every predicted region (all), or only "
-        "the regions touching a voxel painted as their structure (touching: for one object "
-        "painted on a few slices without a box; clears what is marked apart from it)",
+        "all", help="keep every predicted region (all), or only those touching a voxel "
+        "painted as their structure (touching: one object painted without a box)",
     )
     tile_shape: tuple[int, int, int] | None = option(
         None, help="tile size in voxels, in array order", none_text="chosen from the model",
