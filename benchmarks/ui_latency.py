@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -60,6 +61,10 @@ def _measured(ticks: Ticks, widget, start) -> tuple[float, float]:
     _wait_until_idle(widget)
     ticks.recording = False
     gaps = ticks.gaps_ms()
+    times = np.asarray(ticks.times) - ticks.times[0] if ticks.times else np.zeros(1)
+    worst = np.argsort(gaps)[-5:][::-1]
+    print("longest gaps (ms at s):", [(round(float(gaps[i])), round(float(times[i]), 2))
+                                      for i in worst], file=sys.stderr)
     return round(float(gaps.max()), 1), round(float(np.percentile(gaps, 99)), 1)
 
 

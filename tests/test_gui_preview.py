@@ -47,4 +47,5 @@ def test_the_preview_follows_the_slice_in_view_and_goes_when_training_ends(
     assert seen and seen[0][:2] == (0, 5) and all(ok for _, _, ok, _, _ in seen)
     assert any(index == 9 for _, index, _, _, _ in seen[3:])  # it followed the view
     assert all(active is annotation for *_, active in seen)  # painting was not interrupted
-    assert "synthetic preview" not in viewer.layers  # gone once the model is ready
+    layer = viewer.layers["synthetic preview"]  # hidden and empty once the model is ready
+    assert not layer.visible and not layer.data.any()

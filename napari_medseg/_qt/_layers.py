@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 
+#: Words in the names of layers that a picker of annotations (or segmentations) passes over.
+NOT_ANNOTATIONS = ("segmentation", "mask", "label", "preview")
+NOT_SEGMENTATIONS = ("annotation", "expert", "mask", "preview")
+
+
 def layer_array(layer: Layer) -> np.ndarray:
     """The layer's full-resolution data as a numpy array (no copy when already numpy)."""
     data = layer.data
@@ -281,3 +286,8 @@ def image_picker(viewer: Viewer, **kwargs: Any) -> LayerPicker:
 def labels_picker(viewer: Viewer, **kwargs: Any) -> LayerPicker:
     """A picker of Labels layers."""
     return LayerPicker(viewer, Labels, placeholder="(no labels layer)", **kwargs)
+
+
+def annotation_picker(viewer: Viewer, **kwargs: Any) -> LayerPicker:
+    """A picker of the viewer's labels layers that prefers an annotation."""
+    return labels_picker(viewer, prefer=("annotation",), avoid=NOT_ANNOTATIONS, **kwargs)

@@ -37,6 +37,7 @@ class LivePreviewLayer:
         self.finish()
         self.request = PreviewRequest()
         self.image_layer, self.structures = image_layer, max(1, structures)
+        self._layer(image_layer)  # made now, on the click, not while the user paints
         self.follow()
         return self.request
 
@@ -67,6 +68,7 @@ class LivePreviewLayer:
         shape = layer_array(image).shape
         if self.layer is not None and self.layer in self.viewer.layers:
             if self.layer.data.shape == shape:
+                self.layer.visible = True
                 return self.layer
             self.viewer.layers.remove(self.layer)
         active = self.viewer.layers.selection.active  # the user may be painting: keep it
@@ -80,7 +82,11 @@ class LivePreviewLayer:
         return self.layer
 
     def finish(self) -> None:
-        """The run ended: the preview layer goes (Predict makes the real segmentation)."""
-        if self.layer is not None and self.layer in self.viewer.layers:
-            self.viewer.layers.remove(self.layer)
-        self.layer, self._shown = None, None
+        """The run ended: the preview is emptied and hidden (Predict makes the real
+        segmentation); the layer waits for the next run (removing it would stall the GUI)."""
+        layer = self.layer
+        if layer is not None and layer in self.viewer.layers:
+            if self._shown is not None:
+                np.moveaxis(layer.data, self._shown[0], 0)[self._shown[1]] = 0
+            layer.visible = False
+        self._shown = None

@@ -23,7 +23,7 @@ from ..autosave import AutosaveStore
 from ..errors import MedsegInputError
 from ..painted_slices import axis_name
 from ._common import StatusLabel, button, form_layout, separator
-from ._layers import class_names_of, current_slice, image_picker, labels_picker
+from ._layers import annotation_picker, class_names_of, current_slice, image_picker
 from ._worker import report_error
 from .annotate.autosave_panel import AutosavePanel
 from .annotate.edit import add_annotation_layer, apply_edit, check_new_annotation
@@ -53,9 +53,7 @@ class AnnotateWidget(QWidget):
         self.status = StatusLabel()
         self.autosave_store = AutosaveStore()
         self.image_picker = image_picker(napari_viewer)
-        self.annotation_picker = labels_picker(
-            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
-        )
+        self.annotation_picker = annotation_picker(napari_viewer)
         self.create_button = button(
             "Create annotation layer",
             "Add an empty Labels layer on the image's grid (same spacing), ready to paint",

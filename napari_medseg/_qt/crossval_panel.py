@@ -13,7 +13,13 @@ from ..errors import MedsegInputError
 from ._common import button, fill_table, form_layout, result_table
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
-from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
+from ._layers import (
+    annotation_picker,
+    class_names_of,
+    image_picker,
+    layer_array,
+    spacing_of,
+)
 from ._worker import report_error
 
 CROSSVAL_BASIC = ("arch", "time_budget", "iterations", "device")
@@ -70,9 +76,7 @@ class CrossValPanel(RunsJob, QWidget):
         self.viewer = napari_viewer
         self.result: Any = None
         self.image_picker = image_picker(napari_viewer)
-        self.annotation_picker = labels_picker(
-            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
-        )
+        self.annotation_picker = annotation_picker(napari_viewer)
         self.folds_spin = QSpinBox()
         self.folds_spin.setRange(2, 20)
         self.folds_spin.setValue(3)

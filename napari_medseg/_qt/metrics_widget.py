@@ -18,7 +18,14 @@ from qtpy.QtWidgets import QApplication, QCheckBox, QHeaderView, QVBoxLayout, QW
 from ..errors import MedsegInputError
 from ._common import button, fill_table, form_layout, result_table, section_title, separator
 from ._job import JobControls, RunsJob
-from ._layers import class_names_of, labels_picker, layer_array, spacing_of
+from ._layers import (
+    NOT_SEGMENTATIONS,
+    annotation_picker,
+    class_names_of,
+    labels_picker,
+    layer_array,
+    spacing_of,
+)
 from ._worker import report_error
 from .crossval_panel import CrossValPanel
 
@@ -98,20 +105,18 @@ class MetricsWidget(RunsJob, QWidget):
         self.viewer = napari_viewer
         self.rows: list[dict[str, Any]] = []
         self.segmentation_picker = labels_picker(
-            napari_viewer, prefer=("segmentation",), avoid=("annotation", "expert", "mask")
+            napari_viewer, prefer=("segmentation",), avoid=NOT_SEGMENTATIONS
         )
         self.reference_picker = labels_picker(
             napari_viewer,
             prefer=("expert", "mask", "label", "reference", "ground"),
-            avoid=("annotation", "segmentation"),
+            avoid=("annotation", "segmentation", "preview"),
         )
         self.only_unannotated = QCheckBox("only voxels not annotated")
         self.only_unannotated.setToolTip(
             "Score only the voxels the user did not paint (as in the 3D U-Net paper)"
         )
-        self.annotation_picker = labels_picker(
-            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
-        )
+        self.annotation_picker = annotation_picker(napari_viewer)
         self.annotation_picker.setEnabled(False)
         self.compute_button = button("Compute", "Compute the metrics (surface distances in mm)")
         self.job = JobControls("metrics", self.compute_button, progress=False)

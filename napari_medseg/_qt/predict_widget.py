@@ -21,7 +21,13 @@ from ..regions import Regions, apply_regions
 from ._common import StatusLabel, button, form_layout, section_title, separator
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
-from ._layers import LayerPicker, image_picker, labels_picker, layer_array, spacing_of
+from ._layers import (
+    LayerPicker,
+    annotation_picker,
+    image_picker,
+    layer_array,
+    spacing_of,
+)
 from ._state import MODELS, ModelEntry, ModelRegistry
 from ._worker import report_error
 from .predict.model_panel import ModelPanel, offer_uncertainty
@@ -111,9 +117,7 @@ class PredictWidget(RunsJob, QWidget):
             "When the prediction is complete, the voxels painted in the annotation layer "
             "keep the painted label (background or structure) instead of the network's"
         )
-        self.annotation_picker = labels_picker(
-            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
-        )
+        self.annotation_picker = annotation_picker(napari_viewer)
         self.form = ConfigForm(PredictConfig, BASIC_FIELDS)
         self.predict_button = button("Predict", "Segment the image with the chosen model")
         self.stop_button = button("Stop", "Stop after the current tile")

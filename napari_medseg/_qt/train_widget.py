@@ -21,7 +21,13 @@ from ._common import button, form_layout, section_title, separator
 from ._curves import TrainingCurves
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
-from ._layers import class_names_of, image_picker, labels_picker, layer_array, spacing_of
+from ._layers import (
+    annotation_picker,
+    class_names_of,
+    image_picker,
+    layer_array,
+    spacing_of,
+)
 from ._preview_layer import LivePreviewLayer
 from ._state import MODELS, ModelRegistry
 from ._worker import report_error, run_function
@@ -54,9 +60,7 @@ class TrainWidget(RunsJob, QWidget):
         self._last_progress: Any = None
 
         self.image_picker = image_picker(napari_viewer)
-        self.annotation_picker = labels_picker(
-            napari_viewer, prefer=("annotation",), avoid=("segmentation", "mask", "label")
-        )
+        self.annotation_picker = annotation_picker(napari_viewer)
         self.form = ConfigForm(TrainConfig, BASIC_FIELDS)
         self.continue_box = QCheckBox("Continue from the last model")
         self.continue_box.setChecked(True)
