@@ -430,3 +430,30 @@ def content_checksum(annotation: np.ndarray) -> str:
     data = np.ascontiguousarray(annotation)
     crc = zlib.crc32(data.data.cast("B")) if data.size else 0
     return f"{crc:08x}-{data.dtype.str}-{'x'.join(map(str, data.shape))}"
+
+
+def take_slice_from(
+    annotation: np.ndarray, labels: np.ndarray, axis: int, index: int
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The model's answer on one slice, as annotation edits: the slice's unpainted voxels
+    (full-array indices) and the values that give them the segmentation's labels (structure
+    ``k`` -> ``k + 1``, background -> ``1``). Painted voxels are left as painted.
+
+    Raises
+    ------
+    MedsegInputError
+        When the shapes differ or the slice is outside the volume.
+    """
+    if annotation.shape != labels.shape:
+        raise MedsegInputError(
+            f"the segmentation has shape {labels.shape}, the annotation {annotation.shape}"
+        )
+    if not 0 <= axis < annotation.ndim or not 0 <= index < annotation.shape[axis]:
+        raise MedsegInputError(f"slice {index} across axis {axis} is outside the annotation")
+    picked = [slice(None)] * annotation.ndim
+    picked[axis] = slice(index, index + 1)
+    region = tuple(picked)
+    where = np.nonzero(annotation[region] == UNKNOWN)
+    full = tuple(w + (index if a == axis else 0) for a, w in enumerate(where))
+    values = labels[full].astype(np.int64) + 1
+    return full, values

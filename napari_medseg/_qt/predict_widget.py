@@ -34,6 +34,7 @@ from .predict.model_panel import ModelPanel, offer_uncertainty
 from .predict.output_layers import LiveSegmentation, show_probabilities, show_uncertainty
 from .predict.saving import SEGMENTATION_FILE_FILTER, write_segmentation
 from .predict.suggestions import SliceSuggestions
+from .predict.take_slice import TakeSlice
 
 BASIC_FIELDS = ("device", "regions", "overlap", "probabilities", "uncertainty")
 #: At most one redraw of the growing segmentation per this many seconds (tiles can be fast).
@@ -139,6 +140,7 @@ class PredictWidget(RunsJob, QWidget):
         self.progress = self.job.progress
         self.suggestions = SliceSuggestions(self.viewer)
         self.suggest_button = self.suggestions.button
+        self.take_slice = TakeSlice(self.viewer, self.status)
         self.save_button = button(
             "Save segmentation…", "Write the segmentation with the image's geometry"
         )
@@ -160,6 +162,7 @@ class PredictWidget(RunsJob, QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.suggest_button)
+        layout.addWidget(self.take_slice.button)
         layout.addWidget(self.save_button)
         layout.addStretch(1)
 
@@ -254,6 +257,7 @@ class PredictWidget(RunsJob, QWidget):
         self._class_names = list(entry.model.config.class_names[1:])
         self.kept_voxels = 0
         self.suggestions.offer([], image_layer)
+        self.take_slice.offer(None, None)
         self.save_button.setEnabled(False)
         model = entry.model
         self.job.start(
@@ -287,6 +291,7 @@ class PredictWidget(RunsJob, QWidget):
             self.progress.finish(f"done · {len(found)} structure(s) found")
             self.status.info(f"'{layer.name}' complete{kept}")
             self.save_button.setEnabled(True)
+            self.take_slice.offer(layer, self._annotation_layer or self.annotation_picker.layer())
             if prediction.probabilities is not None:
                 self._show_probabilities(np.asarray(prediction.probabilities))
             if prediction.uncertainty is not None:
