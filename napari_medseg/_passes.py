@@ -33,6 +33,14 @@ Shape = tuple[int, ...]
 Region = tuple[slice, ...]
 
 
+def doubt(probabilities: torch.Tensor) -> torch.Tensor:
+    """How unsure one network is, per voxel, from 0 (sure) to 1: the entropy of its class
+    probabilities ``(N, C, *spatial)`` divided by ``log(C)``; ``(N, *spatial)``."""
+    n_classes = probabilities.shape[1]
+    entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(1)
+    return (entropy / math.log(max(n_classes, 2))).clamp(0.0, 1.0)
+
+
 def disagreement(member_probabilities: torch.Tensor) -> torch.Tensor:
     """How much an ensemble's networks disagree, per voxel, from 0 (agree) to 1.
 
@@ -86,7 +94,9 @@ def forward(
     with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         if not uncertainty:
             return _mirrored_softmax(network, x, mirror), None
-        assert isinstance(network, Ensemble)  # predict() refuses uncertainty otherwise
+        if not isinstance(network, Ensemble):
+            probabilities = _mirrored_softmax(network, x, mirror)
+            return probabilities, doubt(probabilities)
         members = torch.stack([_mirrored_softmax(m, x, mirror) for m in network.members])
         return members.mean(0), disagreement(members)
 

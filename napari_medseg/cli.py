@@ -125,7 +125,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         suggested = slices_to_paint(prediction.uncertainty, painted, axis=0, count=3)
         if suggested:
             listed = ", ".join(str(k) for k in suggested)
-            print(f"networks disagree most on axial slices {listed}: paint one of them next")
+            print(f"the model is least sure on axial slices {listed}: paint one of them next")
     return 0
 
 

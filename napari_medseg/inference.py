@@ -33,7 +33,6 @@ from ._passes import (
 from .device import DeviceName, place, release_device, resolve_device
 from .errors import MedsegError, MedsegInputError
 from .model import TrainedModel
-from .models import Ensemble
 from .options import check_choice, option
 from .progress import run_to_completion
 from .regions import Regions
@@ -84,8 +83,8 @@ class PredictConfig:
         "forward passes per tile: slower, smoother)",
     )  # fmt: skip
     uncertainty: bool = option(
-        False, help="also return where an ensemble's networks disagree, 0 to 1: where "
-        "painting one more slice helps most (needs a model trained as an ensemble)",
+        False, help="also return where painting one more slice helps most, 0 to 1: where an "
+        "ensemble's networks disagree, or where a single network is unsure",
     )  # fmt: skip
     mixed_precision: bool = option(
         True, help="compute in bf16 (or fp16) where the device does so natively: CUDA, and "
@@ -233,10 +232,6 @@ def predict(
     Prediction
     """
     settings = config or PredictConfig()
-    if settings.uncertainty and not isinstance(model.network, Ensemble):
-        raise MedsegInputError(
-            "uncertainty needs a model trained as an ensemble (train with --ensemble 2 or more)"
-        )
     volume = np.asarray(image)
     flat = volume.ndim == 2
     volume = _checked_volume(volume[np.newaxis] if flat else volume)

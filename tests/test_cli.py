@@ -412,15 +412,18 @@ def test_ensemble_option_trains_and_saves_several_networks(case, tmp_path, capsy
     assert "ensemble" in capsys.readouterr().err
 
 
-def test_uncertainty_of_a_single_network_is_refused_before_writing(case, tmp_path, capsys):
+def test_uncertainty_of_a_single_network_is_its_doubt(case, tmp_path, capsys):
     model_path = tmp_path / "one.safetensors"
     assert main(["train", str(case["image"]), str(case["annotation"]), "--out", str(model_path),
                  "--iterations", "1", "--device", "cpu"]) == 0  # fmt: skip
-    seg = tmp_path / "seg.nrrd"
+    seg, doubt = tmp_path / "seg.nrrd", tmp_path / "u.nrrd"
     code = main(["predict", str(model_path), str(case["image"]), "--out", str(seg),
-                 "--uncertainty", str(tmp_path / "u.nrrd")])  # fmt: skip
-    assert code == 2 and "ensemble" in capsys.readouterr().err
-    assert not seg.exists()
+                 "--uncertainty", str(doubt), "--device", "cpu"])  # fmt: skip
+    assert code == 0 and seg.exists()
+    values = read_volume(doubt).array
+    assert values.shape == read_volume(seg).array.shape
+    assert 0.0 <= values.min() and values.max() <= 1.0
+    assert "least sure on axial slices" in capsys.readouterr().out
 
 
 def test_predict_keeps_painted_voxels_given_the_annotation(pipeline, tmp_path, capsys):

@@ -146,8 +146,19 @@ def test_uncertainty_map_comes_with_an_ensemble_prediction(trained):
     assert plain.uncertainty is None
     assert np.mean(plain.labels != result.labels) < 1e-3  # the same segmentation
     single = run_to_completion(train(image, annotation, _config()))
-    with pytest.raises(MedsegInputError, match="ensemble"):
-        predict_volume(single, image, PredictConfig(uncertainty=True))
+    alone = predict_volume(single, image, PredictConfig(device="cpu", uncertainty=True))
+    assert alone.uncertainty.shape == image.shape  # one network: its own doubt
+    assert 0.0 <= alone.uncertainty.min() and alone.uncertainty.max() <= 1.0
+
+
+def test_a_single_network_is_unsure_where_its_probabilities_are_even():
+    from napari_medseg._passes import doubt
+
+    probabilities = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.9, 0.1]]).T.reshape(1, 2, 3)
+    values = doubt(probabilities)[0]
+    assert float(values[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(values[1]) == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < float(values[2]) < 1.0
 
 
 def test_a_model_file_cannot_ask_for_thousands_of_networks():

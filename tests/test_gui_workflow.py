@@ -144,8 +144,8 @@ def test_ensemble_model_shows_where_its_networks_disagree(synthetic_viewer, widg
     single = _train_model(train, qtbot, models, iterations=2)
     predict.select_model(single.name)
     uncertainty = predict.form.editors["uncertainty"]
-    assert not uncertainty.widget.isEnabled()  # one network: nothing to compare
-    assert "ensemble" in uncertainty.widget.toolTip()
+    assert uncertainty.widget.isEnabled()  # one network: its own doubt
+    assert "unsure" in uncertainty.widget.toolTip()
 
     entry = _train_model(train, qtbot, models, iterations=2, ensemble=2)
     assert entry.name.startswith("2 × unet3d")
@@ -173,8 +173,11 @@ def test_ensemble_model_shows_where_its_networks_disagree(synthetic_viewer, widg
         predict.suggest_button.click()
         assert synthetic_viewer.dims.point[0] == pytest.approx(2.0 * predict.suggested_slices[1])
 
-    predict.select_model(single.name)  # back to one network: the box is cleared
-    assert predict.form.values()["uncertainty"] is False
+    predict.select_model(single.name)  # back to one network: its own doubt, still offered
+    assert uncertainty.widget.isEnabled() and "unsure" in uncertainty.widget.toolTip()
+    assert predict.start_prediction() is True
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
+    assert predict.suggested_slices and "least sure" in predict.status.text()
 
 
 def test_save_and_load_model(synthetic_viewer, widgets, qtbot, models, tmp_path):

@@ -331,7 +331,7 @@ class PredictWidget(RunsJob, QWidget):
         if slices:
             listed = ", ".join(str(k) for k in slices)
             self.status.info(
-                f"{self.status.text()} · networks disagree most on axial slices {listed}: "
+                f"{self.status.text()} · the model is least sure on axial slices {listed}: "
                 "paint one of them next"
             )
 

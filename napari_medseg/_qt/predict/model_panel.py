@@ -18,7 +18,10 @@ UNCERTAINTY_TIP = (
     "Show where the ensemble's networks disagree: the places where painting another slice "
     "helps most"
 )
-NO_ENSEMBLE_TIP = "Needs a model trained as an ensemble (2 · Train · Advanced · Ensemble ≥ 2)"
+SINGLE_TIP = (
+    "Where this network is unsure (the entropy of its probabilities); an ensemble "
+    "(2 · Train · Advanced · Ensemble ≥ 2) shows where its networks disagree instead"
+)
 
 
 def members(config: Any) -> int:
@@ -45,13 +48,11 @@ def describe_model(entry: ModelEntry) -> str:
 
 
 def offer_uncertainty(editor: FieldEditor, entry: ModelEntry | None) -> None:
-    """Enable the "uncertainty" setting for an ensemble only (it needs several networks);
-    for any other model it is cleared and greyed out."""
+    """Enable the "uncertainty" setting for any model, with the tooltip of what it shows:
+    an ensemble's disagreement, or a single network's doubt."""
     ensemble = entry is not None and members(entry.model.config) > 1
-    if not ensemble:
-        editor.set(False)
-    editor.widget.setEnabled(ensemble)
-    editor.widget.setToolTip(UNCERTAINTY_TIP if ensemble else NO_ENSEMBLE_TIP)
+    editor.widget.setEnabled(entry is not None)
+    editor.widget.setToolTip(UNCERTAINTY_TIP if ensemble else SINGLE_TIP)
 
 
 class ModelPanel(QWidget):

@@ -26,7 +26,7 @@ class SliceSuggestions:
         self.image_layer: Image | None = None
         self._next = 0
         self.button = button(
-            "Go to a slice to paint", "Show the next slice where the networks disagree most"
+            "Go to a slice to paint", "Show the next slice where the model is least sure"
         )
         self.button.setVisible(False)
         self.button.clicked.connect(self.show_next)
@@ -40,7 +40,7 @@ class SliceSuggestions:
 
     def suggest(self, uncertainty: np.ndarray, annotation_layer: Any,
                 image_layer: Image | None) -> list[int]:
-        """Offer the (at most 3) axial slices where the networks disagree most and nothing
+        """Offer the (at most 3) axial slices where the model is least sure and nothing
         is painted yet; returns them. Only for 3D images."""
         if uncertainty.ndim != 3:
             return []
