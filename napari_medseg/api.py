@@ -159,9 +159,10 @@ def predict_file(
 
     Probabilities (when ``probabilities_path`` is given) are written as ``(C, z, y, x)`` float32:
     a ``.npy`` array, or for medical formats a multi-component image with the image's geometry.
-    The uncertainty map (``uncertainty_path``: an ensemble's disagreement, or a single network's doubt) is written as a float32
-    volume in ``[0, 1]`` with the image's geometry. With ``annotation`` (the sparse
-    annotation the model was trained on: a file, or a volume already read), painted voxels
+    The uncertainty map (``uncertainty_path``: an ensemble's disagreement, or a single
+    network's doubt) is written as a float32 volume in ``[0, 1]`` with the image's geometry.
+    With ``annotation`` (the sparse annotation the model was trained on: a file, or a volume
+    already read), painted voxels
     keep their painted label in the written segmentation, as the Predict widget does
     (:func:`~.annotation.keep_painted`); it is checked before anything is computed.
 
