@@ -162,9 +162,9 @@ def predict_file(
     The uncertainty map (``uncertainty_path``: an ensemble's disagreement, or a single
     network's doubt) is written as a float32 volume in ``[0, 1]`` with the image's geometry.
     With ``annotation`` (the sparse annotation the model was trained on: a file, or a volume
-    already read), painted voxels
-    keep their painted label in the written segmentation, as the Predict widget does
-    (:func:`~.annotation.keep_painted`); it is checked before anything is computed.
+    already read), painted voxels keep their painted label in the written segmentation, as
+    the Predict widget does (:func:`~.annotation.keep_painted`), and ``config.regions``
+    applies; it is checked before anything is computed.
 
     Inputs and outputs are checked before anything is read
     (:func:`check_predict_paths`). Should the probabilities or the uncertainty fail to
