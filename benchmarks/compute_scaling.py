@@ -22,10 +22,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paper_table import load_case  # noqa: E402
+from paper_table import load_case, mean_dice  # noqa: E402
 
 from napari_medseg.inference import PredictConfig, predict  # noqa: E402
-from napari_medseg.metrics import evaluate  # noqa: E402
 from napari_medseg.progress import run_to_completion  # noqa: E402
 from napari_medseg.training import TrainConfig, train  # noqa: E402
 
@@ -43,13 +42,11 @@ def run(name: str, seed: int, scale: int, budget: float, iterations: int | None,
     model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing,
                                     class_names=case.class_names))
     labels = run_to_completion(predict(model, case.image, PredictConfig(device="cpu"))).labels
-    result = evaluate(labels, case.expert, spacing=case.spacing, mask=case.annotation == 0,
-                      surface_distances=False)
     history = model.config.history
     validation = history.get("validation") or {}
     return {
         "case": name, "arch": arch, "seed": seed, "scale": scale,
-        "dice": round(float(result.to_dict()["mean"]["dice"]), 4),
+        "dice": mean_dice(labels, case, case.annotation == 0),
         "steps": history["steps"], "seconds": history["seconds"],
         "stop_reason": history["stop_reason"],
         "validation": validation.get("score"),

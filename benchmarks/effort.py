@@ -31,10 +31,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paper_table import load_case  # noqa: E402
+from paper_table import load_case, mean_dice  # noqa: E402
 
+from napari_medseg.annotation import keep_painted  # noqa: E402
 from napari_medseg.inference import PredictConfig, predict  # noqa: E402
-from napari_medseg.metrics import evaluate  # noqa: E402
 from napari_medseg.progress import run_to_completion  # noqa: E402
 from napari_medseg.training import TrainConfig, train  # noqa: E402
 
@@ -74,12 +74,6 @@ def evenly(expert: np.ndarray, annotation: np.ndarray) -> tuple[int, int]:
     return 0, int(zs[int(np.argmax(gaps))])
 
 
-def _dice(labels: np.ndarray, case: Any, mask: np.ndarray | None = None) -> float:
-    result = evaluate(labels, case.expert, spacing=case.spacing, mask=mask,
-                      surface_distances=False)
-    return round(float(result.to_dict()["mean"]["dice"]), 4)
-
-
 def simulate(case: Any, strategy: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """All rounds of one strategy on one case."""
     annotation = np.zeros(case.expert.shape, np.uint8)
@@ -96,11 +90,11 @@ def simulate(case: Any, strategy: str, args: argparse.Namespace) -> list[dict[st
                                            PredictConfig(device="cpu", probabilities=True)))
         painted = annotation > 0
         kept = result.labels.copy()
-        kept[painted] = annotation[painted] - 1
+        keep_painted(kept, annotation)
         rows.append({
             "case": args.case, "strategy": strategy, "round": round_, "slices": round_,
-            "seconds": round(seconds, 1), "whole_volume_dice": _dice(kept, case),
-            "unpainted_dice": _dice(result.labels, case, ~painted),
+            "seconds": round(seconds, 1), "whole_volume_dice": mean_dice(kept, case),
+            "unpainted_dice": mean_dice(result.labels, case, ~painted),
             "validation": (model.config.history.get("validation") or {}).get("score"),
         })
         print(json.dumps(rows[-1]), flush=True)

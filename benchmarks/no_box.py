@@ -22,20 +22,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paper_table import load_case  # noqa: E402
+from paper_table import load_case, mean_dice  # noqa: E402
 
+from napari_medseg.annotation import keep_painted  # noqa: E402
 from napari_medseg.inference import PredictConfig, predict  # noqa: E402
-from napari_medseg.metrics import evaluate  # noqa: E402
 from napari_medseg.progress import run_to_completion  # noqa: E402
 from napari_medseg.regions import keep_touching_painted  # noqa: E402
 from napari_medseg.sample_data import real_case_annotation  # noqa: E402
 from napari_medseg.training import TrainConfig, train  # noqa: E402
-
-
-def _dice(labels, case, mask=None) -> float:
-    result = evaluate(labels, case.expert, spacing=case.spacing, mask=mask,
-                      surface_distances=False)
-    return round(float(result.to_dict()["mean"]["dice"]), 4)
 
 
 def run(name: str, slices: list[int], seed: int, budget: float | None,
@@ -49,14 +43,15 @@ def run(name: str, slices: list[int], seed: int, budget: float | None,
     labels = run_to_completion(predict(model, case.image, PredictConfig(device="cpu"))).labels
     painted = annotation > 0
     kept = labels.copy()
-    kept[painted] = annotation[painted] - 1
+    keep_painted(kept, annotation)
     validation = model.config.history.get("validation") or {}
     touching = kept.copy()
     keep_touching_painted(touching, annotation)
     return {
         "case": name, "slices": slices, "seed": seed,
-        "whole_volume_dice": _dice(kept, case), "unpainted_dice": _dice(labels, case, ~painted),
-        "touching_painted_dice": _dice(touching, case),
+        "whole_volume_dice": mean_dice(kept, case),
+        "unpainted_dice": mean_dice(labels, case, ~painted),
+        "touching_painted_dice": mean_dice(touching, case),
         "predicted_voxels": int((labels > 0).sum()), "expert_voxels": int((case.expert > 0).sum()),
         "steps": model.config.history["steps"], "validation": validation.get("score"),
         "held_out": validation.get("held_out"),

@@ -171,6 +171,15 @@ def load_case(name: str) -> Case:
 # --------------------------------------------------------------------------- runs
 
 
+def mean_dice(labels: np.ndarray, case: Case, mask: np.ndarray | None = None) -> float:
+    """Mean Dice over the structures against the expert mask (on ``mask`` only), rounded."""
+    from napari_medseg.metrics import evaluate
+
+    result = evaluate(labels, case.expert, spacing=case.spacing, mask=mask,
+                      surface_distances=False)
+    return round(float(result.mean.dice), 4)
+
+
 def _score(case: Case, segmentation: np.ndarray) -> tuple[float, float, dict]:
     from napari_medseg.metrics import evaluate
 
