@@ -63,6 +63,17 @@ def segmentation_color_dict(n_structures: int) -> dict[int | None, RGBA]:
     return colors
 
 
+#: Review layers: where the segmentation says a structure the expert mask lacks (false
+#: positives), and where it misses one (false negatives), whatever the structure.
+FALSE_POSITIVE_COLOR: RGBA = (1.0, 0.25, 0.6, 1.0)  # pink
+FALSE_NEGATIVE_COLOR: RGBA = (0.0, 0.9, 1.0, 1.0)  # light cyan
+
+
+def error_color_dict(color: RGBA) -> dict[int | None, RGBA]:
+    """Label colours of a false-positive or false-negative layer: every structure ``color``."""
+    return {None: color, 0: TRANSPARENT}
+
+
 def parse_class_names(text: str) -> list[str]:
     """Split a comma-separated list of structure names, dropping empty entries.
 

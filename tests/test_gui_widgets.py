@@ -334,7 +334,7 @@ def test_metrics_table_and_csv(synthetic_viewer, qtbot):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=WAIT_MS)
     assert not widget.status.is_error, widget.status.text()
     assert widget.table.rowCount() == 2  # one structure + mean
-    assert widget.table.item(1, 0).text() == "mean"
+    assert widget.table.item(1, 0).text() == "mean / total"
     assert "tube" in widget.table.item(0, 0).text()
     dice = float(widget.table.item(0, 1).text())
     assert 0.0 < dice < 1.0

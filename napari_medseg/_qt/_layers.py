@@ -27,8 +27,10 @@ __all__ = [
 
 
 #: Words in the names of layers that a picker of annotations (or segmentations) passes over.
-NOT_ANNOTATIONS = ("segmentation", "mask", "label", "preview")
-NOT_SEGMENTATIONS = ("annotation", "expert", "mask", "preview")
+NOT_ANNOTATIONS = ("segmentation", "mask", "label", "preview", "false positives",
+                   "false negatives")
+NOT_SEGMENTATIONS = ("annotation", "expert", "mask", "preview", "false positives",
+                     "false negatives")
 
 
 def layer_array(layer: Layer) -> np.ndarray:
@@ -239,13 +241,13 @@ class LayerPicker(QComboBox):
             ]
             if named:
                 return named[-1]
-        for layer in reversed(layers):
+        allowed = [
+            layer for layer in layers if not any(a in layer.name.lower() for a in self._avoid)
+        ]
+        for layer in reversed(allowed):
             if any(p in layer.name.lower() for p in self._prefer):
                 return layer
-        for layer in layers:
-            if not any(a in layer.name.lower() for a in self._avoid):
-                return layer
-        return layers[0]
+        return allowed[0] if allowed else layers[0]
 
     def _refresh(self) -> None:
         layers = [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
