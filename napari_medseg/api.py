@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -23,14 +23,19 @@ from .annotation import check_painted, keep_painted
 from .checkpoint import TrainedModel, load_model, save_model
 from .crossval import CrossValConfig, CrossValProgress, CrossValResult, crossval
 from .errors import MedsegError, MedsegInputError
+from .export_onnx import export_onnx as export_onnx  # api.export_onnx(model, "model.onnx")
 from .inference import PredictConfig, Prediction, TileProgress, predict
 from .io import read_volume, write_volume
+from .io.segments import Segments, stored_class_names
 from .metrics import EvaluationResult, evaluate
 from .outputs import check_inputs, check_outputs, describe_os_error, rescue_model
 from .progress import run_to_completion
 from .regions import apply_regions
 from .training import TrainConfig, TrainProgress, train
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .io.dicom_seg import DicomSegSource
 
 PathLike = str | os.PathLike[str]
 
@@ -97,8 +102,14 @@ def train_files(
     on_progress: Callable[[TrainProgress], None] | None = None,
     init: PathLike | TrainedModel | None = None,
     stop: threading.Event | None = None,
+    series_uid: str | None = None,
 ) -> TrainedModel:
     """Read an image and its annotation, train, and save the model atomically.
+
+    ``series_uid``: the DICOM series of the image when its folder holds several.
+
+    ``class_names``: the structure names; by default those stored with the annotation file
+    (:mod:`~napari_medseg.io.segments`), if any.
 
     ``stop``: set it to end training after the current step; the model so far is saved.
 
@@ -117,8 +128,9 @@ def train_files(
     check_inputs(inputs)
     check_outputs([(model_path, "model", "model")], inputs)
     start = load_model(init) if init is not None and not isinstance(init, TrainedModel) else init
-    image = read_volume(image_path)
+    image = read_volume(image_path, series_uid=series_uid)
     annotation = read_volume(annotation_path)
+    class_names = class_names or stored_class_names(annotation.metadata, "annotation")
     model = train_volume(
         image, annotation, config, class_names=class_names, on_progress=on_progress, init=start,
         stop=stop,
@@ -154,8 +166,13 @@ def predict_file(
     uncertainty_path: PathLike | None = None,
     annotation: PathLike | Volume | None = None,
     on_progress: Callable[[TileProgress], None] | None = None,
+    series_uid: str | None = None,
+    dicom_seg_path: PathLike | None = None,
 ) -> Prediction:
     """Load a model, segment an image file and write the label map with the image's geometry.
+
+    The model's structure names and colours go with it (:mod:`~napari_medseg.io.segments`:
+    Slicer's fields in a ``.seg.nrrd``, else an ITK-SNAP ``.label.txt`` beside the file).
 
     Probabilities (when ``probabilities_path`` is given) are written as ``(C, z, y, x)`` float32:
     a ``.npy`` array, or for medical formats a multi-component image with the image's geometry.
@@ -165,6 +182,10 @@ def predict_file(
     already read), painted voxels keep their painted label in the written segmentation, as
     the Predict widget does (:func:`~.annotation.keep_painted`), and ``config.regions``
     applies; it is checked before anything is computed.
+    ``series_uid`` chooses the DICOM series of the image when its folder holds several.
+    ``dicom_seg_path`` (a DICOM image only) also writes a DICOM SEG referencing the source
+    series, one segment per structure named after the model's classes
+    (:mod:`~napari_medseg.io.dicom_seg`, needs highdicom).
 
     Inputs and outputs are checked before anything is read
     (:func:`check_predict_paths`). Should the probabilities or the uncertainty fail to
@@ -175,8 +196,9 @@ def predict_file(
         model_path, image_path, out_path, probabilities_path, uncertainty_path,
         annotation=None if isinstance(annotation, Volume) else annotation,
     )  # fmt: skip
+    source = _dicom_seg_source(image_path, dicom_seg_path, series_uid)
     model = load_model(model_path)
-    image = read_volume(image_path)
+    image = read_volume(image_path, series_uid=series_uid)
     if annotation is not None:
         if not isinstance(annotation, Volume):
             annotation = read_volume(annotation)
@@ -193,9 +215,45 @@ def predict_file(
         prediction.cleared_voxels = apply_regions(
             prediction.labels, annotation.array, config.regions
         )
-    write_volume(out_path, prediction.labels, reference=image)
-    _write_extras(prediction, image, out_path, probabilities_path, uncertainty_path)
+    names = Segments.of_structures(model.config.class_names[1:], "segmentation")
+    write_volume(out_path, prediction.labels, reference=image, segments=names)
+    more = _dicom_seg_write(dicom_seg_path, source, prediction, model, image)
+    _write_extras(prediction, image, out_path, probabilities_path, uncertainty_path, more)
     return prediction
+
+
+def _dicom_seg_source(
+    image_path: PathLike, dicom_seg_path: PathLike | None, series_uid: str | None
+) -> DicomSegSource | None:
+    """The source series of the DICOM SEG asked for, checked before any work."""
+    if dicom_seg_path is None:
+        return None
+    from .io.dicom_seg import check_dicom_seg
+
+    return check_dicom_seg(image_path, dicom_seg_path, series_uid)
+
+
+def _dicom_seg_write(
+    dicom_seg_path: PathLike | None,
+    source: DicomSegSource | None,
+    prediction: Prediction,
+    model: TrainedModel,
+    image: Volume,
+) -> list[tuple[Path, str, Callable[[Path], object]]]:
+    """The DICOM SEG write to do after the segmentation, if one was asked for."""
+    if dicom_seg_path is None or source is None:
+        return []
+    from .io.dicom_seg import write_dicom_seg
+
+    names = list(model.config.class_names[1:])
+    labels = prediction.labels
+    return [
+        (
+            Path(dicom_seg_path),
+            "DICOM SEG",
+            lambda path: write_dicom_seg(path, labels, source, names, reference=image),
+        )
+    ]
 
 
 def check_predict_paths(
@@ -225,9 +283,11 @@ def _write_extras(
     out_path: PathLike,
     probabilities_path: PathLike | None,
     uncertainty_path: PathLike | None,
+    more: Sequence[tuple[Path, str, Callable[[Path], object]]] = (),
 ) -> None:
-    """Write the probabilities and the uncertainty asked for, after the segmentation; on a
-    failure, one line says what was written and what not."""
+    """Write the probabilities and the uncertainty asked for, then ``more`` (path, what,
+    write), after the segmentation; on a failure, one line says what was written and what
+    not."""
     writes: list[tuple[Path, str, Callable[[Path], object]]] = []
     if probabilities_path is not None and prediction.probabilities is not None:
         probabilities = prediction.probabilities
@@ -247,6 +307,7 @@ def _write_extras(
                 lambda path: write_volume(path, uncertainty, reference=image),
             )
         )
+    writes.extend(more)
     saved = [f"the segmentation {Path(out_path)}"]
     for number, (path, what, write) in enumerate(writes):
         try:

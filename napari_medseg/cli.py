@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from . import __version__
+from .cli_dicom import add_dicom_seg_option, add_parsers, add_series_uid_option, check_dicom_inputs
 from .errors import MedsegError, MedsegInputError
 from .options import add_arguments, config_from_args
 from .progress import Progress, ProgressBar, show
@@ -43,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _train_config(args)
     if args.init is not None and args.time_budget is None and args.iterations is None:
         config = with_warm_budget(config)
+    check_dicom_inputs(args.image, args.series_uid, annotation=args.annotation)
     bar, update = _bar("train")
     stop = threading.Event()
     try:
@@ -56,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 on_progress=update,
                 init=args.init,
                 stop=stop,
+                series_uid=args.series_uid,
             )
     finally:
         bar.close()
@@ -86,6 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MedsegInputError(f"--regions {config.regions} needs --annotation (the painting)")
     paths = (args.model, args.image, args.out, args.probabilities, args.uncertainty)
     check_predict_paths(*paths, annotation=args.annotation)  # before the annotation is read
+    check_dicom_inputs(args.image, args.series_uid, args.dicom_seg, annotation=args.annotation)
     annotation = None
     if args.annotation:
         from .io import read_volume
@@ -102,6 +106,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             uncertainty_path=args.uncertainty,
             annotation=annotation,
             on_progress=update,
+            series_uid=args.series_uid,
+            dicom_seg_path=args.dicom_seg,
         )
     finally:
         bar.close()
@@ -115,7 +121,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if prediction.cleared_voxels:
             kept += f"; {prediction.cleared_voxels:,} voxels apart from the painting cleared"
     print(f"saved {args.out} (voxels per structure: {counts or 'none'}{kept})")
-    for path in (args.probabilities, args.uncertainty):
+    for path in (args.probabilities, args.uncertainty, args.dicom_seg):
         if path:
             print(f"saved {path}")
     if prediction.uncertainty is not None and prediction.uncertainty.ndim == 3:
@@ -227,12 +233,15 @@ EXAMPLES = {
         "medseg train ct.nii.gz ct_annotation.nii.gz --out model.safetensors",
         "medseg train ct.nii.gz ct_annotation.nii.gz --out model.safetensors "
         f"--init model.safetensors   # one more slice painted: a {WARM_START_BUDGET:g} s round",
+        "medseg train dicom_folder/ annotation.nii.gz --out model.safetensors --series-uid UID",
         "medseg train mri.nrrd mri_annotation.nrrd --out m.safetensors --arch unet2d "
         "--class-names tumour,oedema --time-budget 120",
     ],
     "predict": [
         "medseg predict model.safetensors ct.nii.gz --out ct_seg.nii.gz",
         "medseg predict model.safetensors dicom_folder/ --out seg.nrrd --probabilities p.npy",
+        "medseg predict model.safetensors dicom_folder/ --series-uid UID --out seg.nrrd "
+        "--dicom-seg seg_dicom/seg.dcm",
     ],
     "evaluate": [
         "medseg evaluate ct_seg.nii.gz ct_expert.nii.gz",
@@ -266,6 +275,7 @@ def _add_train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"kept, a newly painted structure is added; default budget {WARM_START_BUDGET:g} s); "
         "may be --out itself",
     )
+    add_series_uid_option(p)
     add_arguments(p, TrainConfig, help_overrides={"time_budget": _TIME_HELP})
     p.set_defaults(func=cmd_train)
 
@@ -309,6 +319,8 @@ def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "label in the segmentation (as in the Predict widget), and with --uncertainty the "
         "slices suggested for painting leave out what is already painted",
     )
+    add_series_uid_option(p)
+    add_dicom_seg_option(p)
     add_arguments(p, PredictConfig, exclude=("probabilities", "uncertainty"))
     p.set_defaults(func=cmd_predict)
 
@@ -385,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_demo_parser(sub)
     _add_crossval_parser(sub)
+    add_parsers(sub)  # medseg dicom-series
+    from .cli_export import add_parsers as add_export_parsers
+
+    add_export_parsers(sub)  # medseg export-model
+    from .cli_nnunet import add_parsers as add_nnunet_parsers
+
+    add_nnunet_parsers(sub)  # medseg export-nnunet, import-nnunet
     p = sub.add_parser("gui", help="open napari with the plugin's widgets docked")
     p.add_argument("files", nargs="*", help="images or annotations to open")
     p.set_defaults(func=cmd_gui)

@@ -227,3 +227,20 @@ def _read_record(path: Path) -> RoundRecord:
     record = RoundRecord(**{k: v for k, v in data.items() if k in RoundRecord.__dataclass_fields__})
     record.folder = path
     return record
+
+
+def segment_round(
+    model: Any, image: np.ndarray, annotation: np.ndarray, expert: np.ndarray | None = None
+) -> tuple[np.ndarray, float | None]:
+    """The segmentation a round's model gives (painted voxels keep their label, as in the
+    Predict widget) and, with an ``expert`` mask, its mean Dice over the structures."""
+    from .annotation import keep_painted
+    from .inference import predict_volume
+    from .metrics import evaluate
+
+    labels = predict_volume(model, image).labels
+    keep_painted(labels, annotation)
+    if expert is None:
+        return labels, None
+    result = evaluate(labels, expert, surface_distances=False)
+    return labels, float(result.mean.dice)

@@ -36,6 +36,26 @@ def _private_autosave_dir(request, tmp_path_factory, monkeypatch):
         monkeypatch.setenv("MEDSEG_AUTOSAVE_DIR", str(folder))
 
 
+@pytest.fixture(autouse=True)
+def napari_settings(request, tmp_path_factory, monkeypatch):
+    """napari's settings (reader choices ...) in a temporary folder, never the user's.
+
+    Applies to GUI tests and to tests run after napari was imported; yields the settings
+    object (``None`` where not applied).
+    """
+    gui = "gui" in request.keywords or request.node.module.__name__.startswith("test_gui")
+    if not gui and "napari" not in sys.modules:
+        yield None
+        return
+    module = pytest.importorskip("napari.settings")
+    settings = module.NapariSettings(
+        config_path=tmp_path_factory.mktemp("napari-settings") / "settings.yaml"
+    )
+    settings._connect_events()
+    monkeypatch.setattr(module, "_SETTINGS", settings)
+    yield settings
+
+
 @pytest.fixture
 def models():
     """The session-wide model registry, emptied before and after the test."""

@@ -31,7 +31,7 @@ def test_manifest_declares_reader_writers_samples_and_widgets():
         pytest.skip("napari-medseg is not installed (pip install -e .)")
     contributions = manifest.contributions
     assert [w.display_name for w in contributions.widgets] == [
-        "1 · Annotate", "2 · Train", "3 · Predict", "4 · Metrics"
+        "1 · Annotate", "2 · Train", "3 · Predict", "4 · Metrics", "DICOM series"
     ]
     assert {s.key for s in contributions.sample_data} == {
         "synthetic", "nodules", "brain1", "brain_tissue"

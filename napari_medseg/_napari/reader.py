@@ -24,13 +24,20 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MedsegError, MedsegInputError
 from ..io import (
+    DEFAULT_MAX_VOXELS,
+    DicomSeriesInfo,
     GeometryWarning,
+    SeveralSeriesError,
     dicom_series_uid,
     extension_of,
     is_supported,
+    read_series,
     read_volume,
+    window_limits,
 )
+from ..io.segments import is_seg_nrrd, layer_features, segments_from_metadata
 from ..labels import looks_like_labels
 from ..volume import Volume
 
@@ -64,7 +71,8 @@ def get_reader(path: PathLike | Sequence[PathLike]) -> ReaderFunction | None:
 def read_layers(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
     """Read each path into one layer data tuple ``(data, kwargs, layer_type)``.
 
-    Several ``.dcm`` files of one series give one layer.
+    Several ``.dcm`` files of one series give one layer. A folder holding several DICOM
+    series gives one layer per series (:func:`read_every_series`).
 
     Parameters
     ----------
@@ -83,9 +91,67 @@ def read_layers(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
     """
     layers = []
     for item, series_uid in _unique_sources(_as_list(path)):
-        volume = read_volume(item, series_uid=series_uid)
+        try:
+            volume = read_volume(item, series_uid=series_uid)
+        except SeveralSeriesError as several:
+            layers.extend(read_every_series(several))
+            continue
         layers.append(layer_data_from_volume(volume, name=layer_name(item)))
     return layers
+
+
+def read_every_series(several: SeveralSeriesError) -> list[LayerData]:
+    """One layer per series of a DICOM folder, named after the folder and the series.
+
+    A warning (a napari notification) says so; a series that cannot be read is left out
+    and named in it.
+
+    Parameters
+    ----------
+    several : SeveralSeriesError
+        The error listing the folder's series.
+
+    Returns
+    -------
+    list of tuple
+        Layer data tuples, one per readable series.
+
+    Raises
+    ------
+    MedsegInputError
+        When the series together are too large to open at once, or none can be read.
+    """
+    folder, series = several.folder, several.series
+    total = sum(info.voxels for info in series)
+    if total > DEFAULT_MAX_VOXELS:
+        raise MedsegInputError(
+            f"{folder.name} holds {len(series)} DICOM series, too large together to open at "
+            "once; open one with the DICOM series widget (Plugins > MedSeg)"
+        )
+    layers, skipped, failure = [], [], None
+    for info in series:
+        try:
+            volume = read_series(info)
+        except MedsegError as exc:
+            skipped.append(f"{info.title} ({exc})")
+            failure = failure or exc
+            continue
+        layers.append(layer_data_from_volume(volume, name=series_layer_name(folder, info)))
+    if not layers and failure is not None:
+        raise failure
+    left_out = f"; left out: {'; '.join(skipped)}" if skipped else ""
+    warnings.warn(
+        f"{folder.name} holds {len(series)} DICOM series: each opened as its own layer "
+        f"(the DICOM series widget opens just one){left_out}",
+        UserWarning,
+        stacklevel=2,
+    )
+    return layers
+
+
+def series_layer_name(folder: Path, info: DicomSeriesInfo) -> str:
+    """Layer name of one series of a DICOM folder: ``"folder · description, series N"``."""
+    return f"{folder.name} · {info.title}"
 
 
 def layer_data_from_volume(
@@ -100,20 +166,29 @@ def layer_data_from_volume(
     name : str, optional
         Layer name.
     layer_type : {"image", "labels"}, optional
-        Default: ``"labels"`` when :func:`~napari_medseg.io.looks_like_labels`, else
-        ``"image"``.
+        Default: ``"labels"`` when :func:`~napari_medseg.io.looks_like_labels` or when the
+        file stored structure names (:mod:`~napari_medseg.io.segments`), else ``"image"``.
+        A labels layer with names gets their colours and a ``features`` table (the name
+        under the cursor shows in the status bar).
 
     Returns
     -------
     tuple
         ``(data, kwargs, layer_type)`` for ``viewer._add_layer_from_data`` / npe2.
     """
+    segments = segments_from_metadata(volume.metadata)
     if layer_type is None:
-        layer_type = "labels" if looks_like_labels(volume, name) else "image"
+        named = segments is not None
+        layer_type = "labels" if named or looks_like_labels(volume, name) else "image"
     data = volume.array
     if layer_type == "labels" and data.dtype.kind not in "iu":
         data = data.astype(np.uint8 if data.dtype.kind == "b" else np.int32)
     kwargs: dict[str, Any] = {"metadata": geometry_metadata(volume), **geometry_kwargs(volume)}
+    window = window_limits(volume.metadata) if layer_type == "image" else None
+    if window is not None:  # the DICOM header's display window (CT: HU)
+        kwargs["contrast_limits"] = list(window)
+    if layer_type == "labels" and segments is not None:  # names on hover, the file's colours
+        kwargs.update(colormap=segments.color_dict(), features=layer_features(segments))
     if name:
         kwargs["name"] = name
     return data, kwargs, layer_type
@@ -180,12 +255,12 @@ def layer_name(path: PathLike) -> str:
     Returns
     -------
     str
-        ``"brain"`` for ``brain.nii.gz``; a folder's own name.
+        ``"brain"`` for ``brain.nii.gz``, ``"liver"`` for ``liver.seg.nrrd``; a folder's own name.
     """
     p = Path(path)
     if p.is_dir():
         return p.name
-    ext = extension_of(p)
+    ext = ".seg.nrrd" if is_seg_nrrd(p) else extension_of(p)
     return p.name[: len(p.name) - len(ext)] if ext else p.name
 
 

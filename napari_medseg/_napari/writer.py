@@ -3,6 +3,8 @@
 The geometry comes from the layer metadata written by the reader (``spacing``,
 ``origin``, ``direction``), so a segmentation painted on a loaded scan is saved aligned
 with it; otherwise from the layer's transforms (scale, translate, rotate, shear, affine).
+A labels layer's structure names and colours go with it (:func:`layer_segments`): Slicer's
+fields in a ``.seg.nrrd``, else an ITK-SNAP label description beside the file.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..colors import CLASS_NAMES_KEY
 from ..errors import MedsegInputError
 from ..io import extension_of, write_volume
+from ..io.segments import Segments, layer_kind
 
-__all__ = ["write_labels", "write_image", "geometry_from_meta", "DEFAULT_EXTENSION"]
+__all__ = [
+    "DEFAULT_EXTENSION",
+    "geometry_from_meta",
+    "layer_segments",
+    "write_image",
+    "write_labels",
+]
 
 #: Extension added when the user gives a name without one.
 DEFAULT_EXTENSION = ".nii.gz"
@@ -79,9 +89,45 @@ def _write_layer(path: str, data: Any, meta: Mapping[str, Any], labels: bool) ->
     spacing, origin, direction = geometry_from_meta(meta, array.ndim)
     target = _with_extension(Path(path))
     written = write_volume(
-        target, array, spacing=spacing, origin=origin, direction=direction, labels=labels
-    )
+        target, array, spacing=spacing, origin=origin, direction=direction, labels=labels,
+        segments=layer_segments(meta) if labels else None,
+    )  # fmt: skip
     return str(written)
+
+
+def layer_segments(meta: Mapping[str, Any]) -> Segments | None:
+    """The structure names a labels layer carries, with the colours napari shows them in.
+
+    Parameters
+    ----------
+    meta : mapping
+        The layer state: ``metadata`` with the names
+        (:data:`~napari_medseg.colors.CLASS_NAMES_KEY`), ``name``, ``colormap``.
+
+    Returns
+    -------
+    Segments or None
+        None when the layer has no names. Whether it is an annotation or a segmentation
+        comes from its metadata or name (:func:`~napari_medseg.io.segments.layer_kind`).
+    """
+    metadata = meta.get("metadata") or {}
+    names = metadata.get(CLASS_NAMES_KEY)
+    if not names:
+        return None
+    kind = layer_kind(metadata, str(meta.get("name") or ""))
+    return Segments.of_structures([str(n) for n in names], kind, _shown_colors(meta))
+
+
+def _shown_colors(meta: Mapping[str, Any]) -> dict[int, tuple[float, ...]]:
+    """Colour of each label value of a direct colormap (none for napari's cyclic default)."""
+    color_dict = getattr(meta.get("colormap"), "color_dict", None)
+    if not isinstance(color_dict, Mapping):
+        return {}
+    return {
+        int(value): tuple(float(c) for c in np.asarray(color)[:3])
+        for value, color in color_dict.items()
+        if value is not None and np.asarray(color).size >= 3
+    }
 
 
 def _full_resolution(data: Any, meta: Mapping[str, Any]) -> np.ndarray:

@@ -74,6 +74,9 @@ def open_paths(viewer: Viewer, paths: Sequence[str]) -> None:
 def launch_gui(paths: Sequence[str] = (), *, run: bool = True) -> Viewer:
     """Start napari with ``paths`` open (or the synthetic sample) and the widgets docked.
 
+    The first time, MedSeg also becomes napari's reader for the medical file types the
+    user chose no reader for (:mod:`napari_medseg._napari.precedence`), and says so.
+
     Parameters
     ----------
     paths : sequence of str
@@ -88,7 +91,11 @@ def launch_gui(paths: Sequence[str] = (), *, run: bool = True) -> Viewer:
     """
     import napari
 
+    from .._napari.precedence import announce_reader_precedence
+
     viewer = napari.Viewer(title="napari-medseg")
+    # Files dropped on the window open with MedSeg, unless the user chose another reader.
+    announce_reader_precedence()
     if paths:
         open_paths(viewer, paths)
     else:

@@ -31,6 +31,7 @@ from ._layers import (
 from ._preview_layer import LivePreviewLayer
 from ._state import MODELS, ModelRegistry
 from ._worker import report_error, run_function
+from .rounds_panel import RoundsPanel
 
 BASIC_FIELDS = ("arch", "time_budget", "iterations", "device", "seed")
 
@@ -77,6 +78,9 @@ class TrainWidget(RunsJob, QWidget):
         self.preview = LivePreviewLayer(napari_viewer)
         self.save_button = button("Save model…", "Write the last trained model to a file")
         self.save_button.setEnabled(False)
+        self.rounds = RoundsPanel(napari_viewer)
+        self.rounds.on_restored = self._on_round_restored
+        self._annotation: np.ndarray | None = None  # what the running round trains on
 
         layout = QVBoxLayout(self)
         form = form_layout()
@@ -92,11 +96,16 @@ class TrainWidget(RunsJob, QWidget):
         layout.addWidget(self.curves)
         layout.addWidget(self.status)
         layout.addWidget(self.save_button)
+        layout.addWidget(separator())
+        layout.addWidget(section_title("Rounds"))
+        layout.addWidget(self.rounds)
         layout.addStretch(1)
 
         self.train_button.clicked.connect(self.start_training)
         self.stop_button.clicked.connect(self.stop_training)
         self.save_button.clicked.connect(self.save_model_dialog)
+        self.image_picker.layer_changed.connect(self.rounds.follow)
+        self.rounds.follow(self.image_picker.layer())
 
     # -- training ---------------------------------------------------------------------------
     def _inputs(self) -> tuple[np.ndarray, np.ndarray, Any, tuple[float, ...], list[str] | None]:
@@ -138,6 +147,8 @@ class TrainWidget(RunsJob, QWidget):
             report_error(exc, self.status)
             return False
         self._last_progress = None
+        self._annotation = annotation
+        self.rounds.follow(self.image_picker.layer())
         self.curves.clear()
         self._image_name = self.image_picker.layer().name
         init = self.continued_model(image.shape)
@@ -225,6 +236,23 @@ class TrainWidget(RunsJob, QWidget):
         else:
             self.status.info(ready)
         self.status.setToolTip(line)
+        self.save_button.setEnabled(True)
+        if self._annotation is not None:
+            self.rounds.add_round(self._annotation, model, entry.name)
+
+    def _on_round_restored(self, model: Any, record: Any, annotation_layer: Any) -> None:
+        """"Go back to this round": its model is the one the next run continues from."""
+        image = self.image_picker.layer()
+        if image is None:
+            return
+        stamp = time.strftime("%H:%M:%S")
+        entry = self.registry.add(f"round {record.number} · {image.name} · {stamp}", model)
+        self.model, self.model_name = model, entry.name
+        self._image_name = image.name
+        self._model_image = (image.name, tuple(layer_array(image).shape))
+        self.annotation_picker.set_layer(annotation_layer)
+        self.continue_box.setChecked(True)
+        self._offer_continuing()
         self.save_button.setEnabled(True)
 
     # -- saving -----------------------------------------------------------------------------

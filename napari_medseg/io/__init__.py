@@ -30,6 +30,10 @@ one streaming decompression) before it replaces the target, so a short write tha
 reports only on stderr (SimpleITK's NIfTI writer on a full disk) fails with
 :class:`~napari_medseg.errors.MedsegError` and leaves the previous file untouched.
 
+A label map written with ``segments`` carries its structure names and colours where 3D
+Slicer (``.seg.nrrd`` fields) and ITK-SNAP (a ``.label.txt`` label description beside other
+formats) read them, and :func:`read_volume` finds them again (:mod:`.segments`).
+
 This module only dispatches on the format (:func:`read_volume`, :func:`write_volume`); the
 work is done per format by ``_itk`` (NIfTI, NRRD, MetaImage through SimpleITK, with
 ``_nifti`` for NIfTI specifics), :mod:`.dicom`, :mod:`.tiff` and ``_npy``. The checks on
@@ -56,10 +60,22 @@ from ._itk import read_itk_file, write_itk
 from ._npy import read_npy, write_npy
 from .dicom import (
     DicomSeriesInfo,
+    SeveralSeriesError,
     dicom_series_uid,
+    find_series,
     folder_has_dicom,
     list_dicom_series,
     read_dicom,
+    read_series,
+    window_limits,
+)
+from .segments import (
+    Segments,
+    is_seg_nrrd,
+    label_file_for,
+    with_segments,
+    write_label_description,
+    write_seg_nrrd,
 )
 from .tiff import read_tiff, write_tiff
 
@@ -68,13 +84,18 @@ __all__ = [
     "SUPPORTED_EXTENSIONS",
     "DicomSeriesInfo",
     "GeometryWarning",
+    "Segments",
+    "SeveralSeriesError",
     "check_image",
     "dicom_series_uid",
     "extension_of",
+    "find_series",
     "is_supported",
     "list_dicom_series",
     "looks_like_labels",
+    "read_series",
     "read_volume",
+    "window_limits",
     "write_volume",
 ]
 
@@ -144,14 +165,17 @@ def read_volume(
     -------
     Volume
         Array ``(z, y, x)`` (2D files give ``(y, x)``) with spacing, origin and direction
-        in array order, and ``metadata`` with at least ``format`` and ``path``.
+        in array order, and ``metadata`` with at least ``format`` and ``path``; a label
+        map stored with its structure names and colours also gets them
+        (:func:`.segments.segments_metadata`).
 
     Raises
     ------
     MedsegInputError
         Missing file, unknown type, not a regular file (a FIFO, socket or device, or a
         header whose data file is one), truncated or corrupt data, several DICOM series
-        and no ``series_uid``, 4D or RGB data without ``allow_channels``.
+        and no ``series_uid`` (:class:`SeveralSeriesError`, listing them), 4D or RGB data
+        without ``allow_channels``.
     UnsafeFileError
         Declared size above ``max_voxels``, decompression bomb, pickled ``.npy``.
 
@@ -171,10 +195,12 @@ def read_volume(
     if fmt == "dicom":
         return read_dicom(p, series_uid, max_voxels, allow_channels)
     if fmt == "tiff":
-        return read_tiff(p, max_voxels, allow_channels)
-    if fmt == "npy":
-        return read_npy(p, max_voxels, allow_channels)
-    return read_itk_file(p, fmt, max_voxels, allow_channels)
+        volume = read_tiff(p, max_voxels, allow_channels)
+    elif fmt == "npy":
+        volume = read_npy(p, max_voxels, allow_channels)
+    else:
+        volume = read_itk_file(p, fmt, max_voxels, allow_channels)
+    return with_segments(volume, p)
 
 
 def write_volume(
@@ -186,6 +212,7 @@ def write_volume(
     origin: Sequence[float] | None = None,
     direction: npt.ArrayLike | None = None,
     labels: bool | None = None,
+    segments: Segments | None = None,
 ) -> Path:
     """Write a volume atomically, keeping its geometry.
 
@@ -210,6 +237,10 @@ def write_volume(
         Store as a label map: the smallest unsigned integer type holding the values
         (uint8, or uint16 above 255 ...). ``None`` decides from the data
         (:func:`looks_like_labels`); conversion is always lossless.
+    segments : Segments, optional
+        Structure names and colours of a label map (:mod:`.segments`): Slicer's fields in
+        a ``.seg.nrrd`` (3D only), else an ITK-SNAP label description beside the file
+        (``seg.label.txt`` for ``seg.nii.gz``), written after it.
 
     Returns
     -------
@@ -239,9 +270,14 @@ def write_volume(
     array = np.asarray(data.array if isinstance(data, Volume) else data)
     base = reference if reference is not None else (data if isinstance(data, Volume) else None)
     geometry = geometry_for(array.shape, base, spacing, origin, direction, reference is not None)
-    array = _storable(array, target.name, labels)
+    array = _storable(array, target.name, True if segments is not None else labels)
     volume = Volume(array, *geometry)
+    if segments is not None and is_seg_nrrd(target):
+        write_seg_nrrd(target, volume, segments)
+        return target
     _WRITERS[fmt](target, volume)
+    if segments is not None:
+        write_label_description(label_file_for(target), segments)
     return target
 
 

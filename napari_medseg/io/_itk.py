@@ -168,8 +168,8 @@ def _itk_image(array: npt.NDArray[Any]) -> sitk.Image:
     return sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
 
 
-def write_itk(target: Path, volume: Volume) -> None:
-    """Save ``volume`` with its geometry as NIfTI, NRRD or MetaImage (from the extension)."""
+def itk_image_of(volume: Volume, target: Path) -> sitk.Image:
+    """``volume`` as a SimpleITK image with its spacing, origin and direction (x, y, z)."""
     image = _itk_image(volume.array)
     try:
         image.SetSpacing(tuple(reversed(volume.spacing)))
@@ -177,6 +177,12 @@ def write_itk(target: Path, volume: Volume) -> None:
         image.SetDirection(tuple(np.asarray(volume.direction)[::-1, ::-1].ravel()))
     except RuntimeError as exc:
         raise MedsegInputError(f"cannot save {target.name}: invalid geometry") from exc
+    return image
+
+
+def write_itk(target: Path, volume: Volume) -> None:
+    """Save ``volume`` with its geometry as NIfTI, NRRD or MetaImage (from the extension)."""
+    image = itk_image_of(volume, target)
     compress = extension_of(target) in _COMPRESSED_EXTENSIONS
     fmt = FORMATS[extension_of(target)]
 

@@ -20,22 +20,33 @@ import SimpleITK as sitk
 
 from ..errors import MedsegInputError
 from ..volume import Volume
-from ._checks import refuse_channels, refuse_special_file, refuse_too_large, special_kind
+from ._checks import (
+    DEFAULT_MAX_VOXELS,
+    refuse_channels,
+    refuse_special_file,
+    refuse_too_large,
+    special_kind,
+)
 from ._geometry import GeometryWarning
 from ._itk import execute, quiet_itk, volume_from_itk
 
 __all__ = [
     "DicomSeriesInfo",
+    "SeveralSeriesError",
     "dicom_series_uid",
+    "find_series",
     "folder_has_dicom",
     "list_dicom_series",
     "read_dicom",
+    "read_series",
+    "window_limits",
 ]
 
 _DICOM_TAGS = {
     "modality": "0008|0060",
     "series_uid": "0020|000e",
     "series_description": "0008|103e",
+    "series_number": "0020|0011",
     "rescale_intercept": "0028|1052",
     "rescale_slope": "0028|1053",
     "rescale_type": "0028|1054",
@@ -59,7 +70,11 @@ class DicomSeriesInfo:
     modality : str
         Modality (``CT``, ``MR`` ...; may be empty).
     files : tuple of str
-        The files, ordered by slice position.
+        The files, ordered by slice position (the order of the volume's first axis).
+    series_number : str
+        SeriesNumber (may be empty).
+    rows, columns : int
+        Size of a slice (0 when unknown).
     """
 
     uid: str
@@ -67,10 +82,46 @@ class DicomSeriesInfo:
     n_slices: int
     modality: str
     files: tuple[str, ...]
+    series_number: str = ""
+    rows: int = 0
+    columns: int = 0
 
     def __str__(self) -> str:
         text = self.description or "no description"
         return f"{self.uid} ({text}, {self.n_slices} slices)"
+
+    @property
+    def voxels(self) -> int:
+        """Number of voxels of the series (slices x rows x columns; 0 when unknown)."""
+        return self.n_slices * self.rows * self.columns
+
+    @property
+    def title(self) -> str:
+        """A short human name: the description and the series number, else the UID."""
+        number = f"series {self.series_number}" if self.series_number else ""
+        parts = [part for part in (self.description, number) if part]
+        return ", ".join(parts) if parts else self.uid
+
+
+class SeveralSeriesError(MedsegInputError):
+    """A folder holds several DICOM series and none was chosen.
+
+    Attributes
+    ----------
+    folder : Path
+        The folder.
+    series : list of DicomSeriesInfo
+        The series it holds, for a caller to offer a choice (``--series-uid``, a list).
+    """
+
+    def __init__(self, folder: Path, series: list[DicomSeriesInfo]) -> None:
+        listing = "; ".join(str(info) for info in series)
+        super().__init__(
+            f"{folder.name} holds {len(series)} DICOM series, choose one with series_uid: "
+            f"{listing}"
+        )
+        self.folder = folder
+        self.series = series
 
 
 # ---- finding series ------------------------------------------------------------------
@@ -155,13 +206,18 @@ def _series_files(folder: Path, uid: str) -> tuple[str, ...]:
 
 def _series_info(folder: Path, uid: str) -> DicomSeriesInfo:
     files = _series_files(folder, uid)
-    tags = _dicom_file_tags(Path(files[0])) if files else {}
+    reader = _dicom_reader(Path(files[0])) if files else None
+    tags = _tags_of(reader) if reader is not None else {}
+    columns, rows = reader.GetSize()[:2] if reader is not None else (0, 0)
     return DicomSeriesInfo(
         uid=uid,
         description=tags.get("series_description", ""),
         n_slices=len(files),
         modality=tags.get("modality", ""),
         files=files,
+        series_number=tags.get("series_number", ""),
+        rows=int(rows),
+        columns=int(columns),
     )
 
 
@@ -179,7 +235,10 @@ def _dicom_reader(path: Path) -> sitk.ImageFileReader:
 
 
 def _dicom_file_tags(path: Path) -> dict[str, str]:
-    reader = _dicom_reader(path)
+    return _tags_of(_dicom_reader(path))
+
+
+def _tags_of(reader: sitk.ImageFileReader) -> dict[str, str]:
     return {
         key: reader.GetMetaData(tag).strip("\x00 ")
         for key, tag in _DICOM_TAGS.items()
@@ -198,11 +257,37 @@ def read_dicom(
     See :func:`~napari_medseg.io.read_volume` for the parameters and errors.
     """
     folder = path if path.is_dir() else path.parent
+    uid, files = _resolve_series(path, series_uid)
+    return _read_files(folder, uid, files, max_voxels, allow_channels)
+
+
+def read_series(
+    info: DicomSeriesInfo, *, max_voxels: int = DEFAULT_MAX_VOXELS, allow_channels: bool = False
+) -> Volume:
+    """Read a series listed by :func:`list_dicom_series` without scanning its folder again.
+
+    Parameters
+    ----------
+    info : DicomSeriesInfo
+        The series, with its files in slice order.
+    max_voxels, allow_channels
+        As for :func:`~napari_medseg.io.read_volume`.
+
+    Returns
+    -------
+    Volume
+        The same volume as ``read_volume(folder, series_uid=info.uid)``.
+    """
+    if not info.files:
+        raise MedsegInputError(f"series {info.uid} has no files")
+    folder = Path(info.files[0]).parent
     _refuse_special_entries(folder)
-    if series_uid is None and path.is_file():
-        series_uid = dicom_series_uid(path) or None
-    uid = _choose_series(folder, series_uid)
-    files = _series_files(folder, uid)
+    return _read_files(folder, info.uid, info.files, max_voxels, allow_channels)
+
+
+def _read_files(
+    folder: Path, uid: str, files: tuple[str, ...], max_voxels: int, allow_channels: bool
+) -> Volume:
     first = _dicom_reader(Path(files[0]))
     cols, rows, *frames = first.GetSize()
     size = (cols, rows, math.prod(frames) * len(files))
@@ -239,6 +324,44 @@ def _refuse_special_entries(folder: Path) -> None:
         )
 
 
+def find_series(path: str | Path, series_uid: str | None = None) -> DicomSeriesInfo:
+    """The series :func:`read_dicom` reads for ``path`` and ``series_uid``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A folder of DICOM files, or one file (standing for its series).
+    series_uid : str, optional
+        The series to take when the folder holds several.
+
+    Returns
+    -------
+    DicomSeriesInfo
+        The series, its files in the order of the volume's slices.
+
+    Raises
+    ------
+    SeveralSeriesError
+        Several series and no ``series_uid``.
+    MedsegInputError
+        No series, an unknown ``series_uid``, a FIFO or broken link in the folder.
+    """
+    p = Path(path).expanduser()
+    folder = p if p.is_dir() else p.parent
+    uid, _ = _resolve_series(p, series_uid)
+    return _series_info(folder, uid)
+
+
+def _resolve_series(path: Path, series_uid: str | None) -> tuple[str, tuple[str, ...]]:
+    """The UID and the ordered files of the series chosen for ``path``."""
+    folder = path if path.is_dir() else path.parent
+    _refuse_special_entries(folder)
+    if series_uid is None and path.is_file():
+        series_uid = dicom_series_uid(path) or None
+    uid = _choose_series(folder, series_uid)
+    return uid, _series_files(folder, uid)
+
+
 def _choose_series(folder: Path, series_uid: str | None) -> str:
     ids = _series_ids(folder)
     if not ids:
@@ -247,11 +370,10 @@ def _choose_series(folder: Path, series_uid: str | None) -> str:
         return ids[0]
     if series_uid is not None and series_uid.strip("\x00 ") in ids:
         return series_uid.strip("\x00 ")
-    listing = "; ".join(str(_series_info(folder, uid)) for uid in ids)
+    series = [_series_info(folder, uid) for uid in ids]
     if series_uid is None:
-        raise MedsegInputError(
-            f"{folder.name} holds {len(ids)} DICOM series, choose one with series_uid: {listing}"
-        )
+        raise SeveralSeriesError(folder, series)
+    listing = "; ".join(str(info) for info in series)
     raise MedsegInputError(f"series {series_uid} is not in {folder.name}; found: {listing}")
 
 
@@ -267,6 +389,41 @@ def _dicom_metadata(
             )
     metadata["series_uid"] = uid
     return metadata
+
+
+def window_limits(metadata: dict[str, Any]) -> tuple[float, float] | None:
+    """The display window of a DICOM header as ``(low, high)``, or None.
+
+    Parameters
+    ----------
+    metadata : dict
+        A volume's metadata, with ``window_center`` and ``window_width`` as read from
+        the header (the first value counts when there are several). They apply to the
+        rescaled values (Hounsfield units for CT), which is what is read.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(center - width / 2, center + width / 2)``; None without a valid window.
+    """
+    center = _first_number(metadata.get("window_center"))
+    width = _first_number(metadata.get("window_width"))
+    if center is None or width is None or width <= 0:
+        return None
+    return center - width / 2, center + width / 2
+
+
+def _first_number(value: object) -> float | None:
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            number = float(value.split("\\")[0])
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _number_or_text(value: str) -> float | str:

@@ -11,6 +11,7 @@ from napari.viewer import Viewer
 
 from ...colors import CLASS_NAMES_KEY, annotation_color_dict
 from ...errors import MedsegInputError
+from ...io.segments import KIND_KEY
 from .._layers import layer_array, placement_kwargs, unique_layer_name
 
 #: Edits touching more voxels than this are applied without undo history (memory).
@@ -44,7 +45,7 @@ def add_annotation_layer(viewer: Viewer, image: Any, names: Sequence[str]) -> La
         name=unique_layer_name(viewer, f"{image.name} annotation"),
         colormap=annotation_color_dict(len(names)),
         opacity=0.6,
-        metadata={CLASS_NAMES_KEY: list(names), "medseg_image": image.name},
+        metadata={CLASS_NAMES_KEY: list(names), "medseg_image": image.name, KIND_KEY: "annotation"},
         **placement_kwargs(image),
     )
     layer.selected_label = 2

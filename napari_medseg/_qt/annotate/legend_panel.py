@@ -9,6 +9,7 @@ from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QGridLayout, QLabel, QLineEdit, QPushButton, QWidget
 
 from ...colors import CLASS_NAMES_KEY, annotation_color_dict, parse_class_names
+from ...io.segments import Segments, layer_features
 from .._layers import LayerPicker, class_names_of
 
 NAMES_TIP = (
@@ -98,4 +99,6 @@ class LegendPanel(QWidget):
         if list(layer.metadata[CLASS_NAMES_KEY]) != names:
             layer.metadata[CLASS_NAMES_KEY] = list(names)
             layer.colormap = annotation_color_dict(len(names))
+            if "name" in layer.features:  # names read from a file: hover shows the new ones
+                layer.features = layer_features(Segments.of_structures(names, "annotation"))
             self.refresh()

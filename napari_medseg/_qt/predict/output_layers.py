@@ -15,6 +15,7 @@ from napari.layers import Image, Labels
 from napari.viewer import Viewer
 
 from ...colors import CLASS_NAMES_KEY, segmentation_color_dict, structure_color
+from ...io.segments import KIND_KEY
 from .._layers import layer_array, placement_kwargs
 from .._state import ModelEntry
 
@@ -35,7 +36,7 @@ def result_layer_for(
     dtype = np.uint8 if len(names) < 255 else np.uint16
     base = f"{image_layer.name} segmentation"
     metadata = dict(image_layer.metadata)
-    metadata.update({CLASS_NAMES_KEY: names, "medseg_model": entry.name})
+    metadata.update({CLASS_NAMES_KEY: names, "medseg_model": entry.name, KIND_KEY: "segmentation"})
     for candidate in (base, base + STOPPED_SUFFIX):
         old = viewer.layers[candidate] if candidate in viewer.layers else None
         if isinstance(old, Labels) and layer_array(old).shape == shape:

@@ -12,8 +12,8 @@ from .._common import StatusLabel
 from .._worker import report_error, run_function
 
 SEGMENTATION_FILE_FILTER = (
-    "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha *.mhd);;TIFF (*.tif *.tiff);;"
-    "NumPy (*.npy)"
+    "NIfTI (*.nii.gz *.nii);;3D Slicer segmentation (*.seg.nrrd);;NRRD (*.nrrd);;"
+    "MetaImage (*.mha *.mhd);;TIFF (*.tif *.tiff);;NumPy (*.npy)"
 )
 
 
@@ -22,7 +22,9 @@ def write_segmentation(layer: Labels, path: str | Path, status: StatusLabel) -> 
 
     The data is copied here (the GUI thread) and written in a worker thread. The writer gets
     the layer's metadata, copied from the image layer, so the file keeps the image's
-    geometry (spacing, origin, direction). The outcome is shown in ``status``.
+    geometry (spacing, origin, direction), and the model's structure names with the colours
+    shown (Slicer's fields in a ``.seg.nrrd``, else an ITK-SNAP ``.label.txt`` beside the
+    file). The outcome is shown in ``status``.
     """
     from ..._napari.writer import write_labels
 
