@@ -91,7 +91,7 @@ def test_csv_is_saved_with_every_column(synthetic_viewer, qtbot, tmp_path):
     widget, _, _ = _metrics(synthetic_viewer, qtbot)
     path = tmp_path / "metrics.csv"
     assert widget.save_csv(path) is True
-    rows = list(csv.reader(path.open()))
+    rows = list(csv.reader(path.open(encoding="utf-8")))
     assert tuple(rows[0]) == COLUMNS
     assert rows[-1][0] == "mean / total" and len(rows) == 3
     assert float(rows[1][COLUMNS.index("Volume mL")]) > 0
