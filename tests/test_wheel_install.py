@@ -40,7 +40,8 @@ def _run(args: list[str], cwd: Path, timeout: float = INSTALL_TIMEOUT_S) -> str:
     """Run a command outside the checkout's environment; returns stdout, fails on error."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
-        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        args, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8",
+        errors="replace", timeout=timeout, check=False,
     )
     assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
