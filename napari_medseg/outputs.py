@@ -83,7 +83,7 @@ def check_output(path: PathLike, what: str, *, kind: OutputKind = "volume") -> P
     folder = target.parent
     if not folder.is_dir():
         raise MedsegInputError(f"cannot save {what} {target}: folder {folder} does not exist")
-    _try_writing_in(folder, f"cannot save {what} {target}")
+    try_writing_in(folder, f"cannot save {what} {target}")
     return target
 
 
@@ -191,7 +191,7 @@ def _check_extension(target: Path, what: str, kind: OutputKind) -> None:
         )
 
 
-def _try_writing_in(folder: Path, context: str) -> None:
+def try_writing_in(folder: Path, context: str) -> None:
     """Create and remove a temporary file in ``folder``; refuse (``context``: why) if that
     fails. Its name starts with the prefix that writers sweep, should a kill leave it."""
     try:

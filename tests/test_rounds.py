@@ -10,24 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_checkpoint import SHAPE, tiny_case  # the same tiny cube case
 
 from napari_medseg.errors import MedsegInputError
 from napari_medseg.progress import run_to_completion
 from napari_medseg.rounds import RoundStore, RoundWarning
 from napari_medseg.training import TrainConfig, train
 
-SHAPE = (8, 16, 16)
 KEY = "cube-0123456789abcdef"
-
-
-def tiny_case() -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    truth = np.zeros(SHAPE, np.uint8)
-    truth[2:6, 4:12, 4:12] = 1
-    image = (truth * 2.0 + rng.normal(0, 0.3, SHAPE)).astype(np.float32)
-    annotation = np.zeros(SHAPE, np.uint8)
-    annotation[4] = truth[4] + 1
-    return image, annotation
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +79,13 @@ KILLED_MID_ROUND = """
 import os, signal, sys
 import numpy as np, torch
 sys.path.insert(0, {tests!r})
-from test_rounds import tiny_case, KEY
+from test_checkpoint import tiny_case
+from test_rounds import KEY
 from napari_medseg import checkpoint
 from napari_medseg.progress import run_to_completion
 from napari_medseg.rounds import RoundStore
 from napari_medseg.training import TrainConfig, train
+from test_checkpoint import SHAPE, tiny_case  # the same tiny cube case
 torch.set_num_threads(1)
 image, annotation = tiny_case()
 config = TrainConfig(iterations=1, time_budget=None, base_channels=4, device="cpu", seed=0)

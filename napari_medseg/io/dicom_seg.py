@@ -14,10 +14,8 @@ only here and only when a DICOM SEG is asked for.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import __version__
-from .._atomic import TEMP_PREFIX, WriteCheckError
+from .._atomic import WriteCheckError
 from ..colors import structure_color
 from ..errors import MedsegInputError
 from ..volume import Volume
@@ -188,15 +186,9 @@ def _check_target(target: Path, source_folder: Path) -> None:
             f"{what}: it is in the folder of the source series, which would then hold two "
             "series; save it in another folder"
         )
-    try:
-        fd, name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=folder)
-    except OSError as exc:
-        from ..outputs import describe_os_error
+    from ..outputs import try_writing_in
 
-        raise MedsegInputError(f"{what}: {describe_os_error(exc, folder)}") from None
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(name)
+    try_writing_in(folder, what)
 
 
 def _read_header(path: Path) -> Any:
