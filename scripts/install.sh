@@ -37,11 +37,14 @@ venv="${MEDSEG_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip
 # torch first, pinned: the CPU build (or whatever build of 2.13.0 the index offers).
-"$venv/bin/python" -m pip install -q "torch==${MEDSEG_TORCH_VERSION:-2.13.0}"
+torch_pin="torch==${MEDSEG_TORCH_VERSION:-2.13.0}"
+"$venv/bin/python" -m pip install -q "$torch_pin"
 if [ "$qt_binding" != none ]; then
   qt_spec="$qt_binding"
   [ "$qt_binding" = PyQt5 ] && qt_spec="PyQt5>=5.15"
   "$venv/bin/python" -m pip install -q "$qt_spec"
 fi
-"$venv/bin/python" -m pip install -q -e ".[${extras}]"
+# The pin goes in again so that no extra (torchvision via nnunetv2, say) can upgrade torch to a
+# newer CUDA build.
+"$venv/bin/python" -m pip install -q -e ".[${extras}]" "$torch_pin"
 echo "napari-medseg installed in $venv ($("$venv/bin/python" -c 'import torch; print("torch", torch.__version__)'), Qt: $qt_binding)"
