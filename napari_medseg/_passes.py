@@ -22,6 +22,7 @@ import torch
 from .device import autocast_dtype, memory_format_for, place
 from .errors import MedsegError
 from .models import Ensemble
+from .models.fusion import fused_for_inference
 from .tiling import GaussianAggregator, GridSampler
 
 if TYPE_CHECKING:
@@ -117,9 +118,11 @@ class TileComputer:
     def placed(
         cls, model: TrainedModel, device: torch.device, config: PredictConfig
     ) -> TileComputer:
-        """Move ``model``'s network to ``device``, in its fastest layout, to compute there."""
+        """A copy of ``model``'s network made for prediction (batch norm folded into the
+        convolutions: :func:`~napari_medseg.models.fusion.fused_for_inference`) on
+        ``device``, in its fastest layout."""
         memory_format = memory_format_for(model.network)
-        network = place(model.network, device, memory_format).eval()
+        network = place(fused_for_inference(model.network), device, memory_format)
         return cls(
             network=network,
             device=device,
@@ -133,12 +136,17 @@ class TileComputer:
     def __call__(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``(C, *tile)`` probabilities and, for ``uncertainty``, ``(1, *tile)`` disagreement."""
         pin = self.device.type == "cuda"  # pinned memory copies to the GPU asynchronously
-        x = torch.from_numpy(np.ascontiguousarray(tile))[None, None]
+        x = torch.from_numpy(np.ascontiguousarray(tile))
         if pin:
             x = x.pin_memory()
-        x = x.to(self.device, non_blocking=pin).contiguous(memory_format=self.memory_format)
+        scores, disagree = self.on_device(x.to(self.device, non_blocking=pin))
+        return scores.cpu().numpy(), None if disagree is None else disagree.cpu().numpy()
+
+    def on_device(self, tile: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The same for a float32 ``tile`` already on the device; the results stay there."""
+        x = tile[None, None].contiguous(memory_format=self.memory_format)
         scores, disagree = forward(self.network, x, self.amp, self.mirror, self.uncertainty)
-        return scores[0].cpu().numpy(), None if disagree is None else disagree.cpu().numpy()
+        return scores[0], disagree
 
 
 @dataclass(frozen=True)

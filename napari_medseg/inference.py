@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,13 +31,15 @@ from ._passes import (
     plane_pass,
     plane_views,
 )
-from .device import DeviceName, place, release_device, resolve_device
+from ._stream import SlabReader, stream_pass
+from .device import DeviceName, release_device, resolve_device
 from .errors import MedsegError, MedsegInputError
 from .model import TrainedModel
 from .options import check_choice, option
 from .progress import run_to_completion
 from .regions import Regions
-from .tiling import grown_tile, is_thin, padded_voxels
+from .slabs import LabelSink, MemorySink
+from .tiling import GridSampler, grown_tile, is_thin, padded_voxels
 
 __all__ = [
     "PredictConfig",
@@ -108,12 +111,13 @@ class PredictConfig:
 @dataclass
 class TileProgress:
     """What :func:`predict` yields after each tile: its number, the region it covered (in
-    the volume's axis order) and the labels there so far, for a live overlay."""
+    the volume's axis order) and the labels there so far, for a live overlay (``None`` when
+    :func:`predict` was told that nobody shows them: ``live=False``)."""
 
     index: int
     total: int
     region: tuple[slice, ...]
-    labels: np.ndarray
+    labels: np.ndarray | None
     elapsed: float
     message: str = ""
 
@@ -198,12 +202,21 @@ def _capped_default(
 
 def predict(
     model: TrainedModel,
-    image: np.ndarray,
+    image: Any,
     config: PredictConfig | None = None,
     *,
     stop: threading.Event | None = None,
+    sink: LabelSink | None = None,
+    live: bool = True,
 ) -> Generator[TileProgress, None, Prediction]:
     """Segment a volume tile by tile.
+
+    A model that reads the volume across its first axis only (the 3D U-Net; a 2D network
+    trained on axial slices) holds class scores for one slab of the volume at a time
+    (:mod:`napari_medseg._stream`): the image may then be lazy (a zarr or dask array, read
+    a row of tiles at a time) and the labels may go to a ``sink`` slab by slab (a zarr
+    store) instead of an array of the whole volume. A 2D network reading several planes
+    needs the whole volume in memory.
 
     On an out-of-memory error (CUDA's, torch's CPU allocator's, or a ``MemoryError``) the
     run starts again with tiles half the size, then (from a GPU) on the CPU, saying so in the
@@ -215,12 +228,20 @@ def predict(
     ----------
     model : TrainedModel
         A trained model (from :func:`~napari_medseg.training.train` or ``load_model``).
-    image : np.ndarray
-        ``(z, y, x)`` or 2D volume, raw intensities (the model normalises them).
+    image : np.ndarray or array-like
+        ``(z, y, x)`` or 2D volume, raw intensities (the model normalises them); or a lazy
+        ``(z, y, x)`` array sliceable like numpy (zarr, dask).
     config : PredictConfig, optional
         Settings.
     stop : threading.Event, optional
         Set it to end after the current tile; the returned prediction is then incomplete.
+    sink : LabelSink, optional
+        Where finished slabs of labels go (a model reading the first axis only); the
+        returned prediction's ``labels`` is then the sink's ``array``. A run retried after
+        running out of memory writes the sink again from the first slice.
+    live : bool
+        Give each :class:`TileProgress` the labels of its tile (for a live overlay); without
+        a listener, ``False`` saves their arg-max.
 
     Yields
     ------
@@ -232,15 +253,15 @@ def predict(
     Prediction
     """
     settings = config or PredictConfig()
-    volume = np.asarray(image)
+    volume = image if _is_lazy(image) else np.asarray(image)
     flat = volume.ndim == 2
     volume = _checked_volume(volume[np.newaxis] if flat else volume)
     device = resolve_device(settings.device)
-    normalized = model.config.normalization.apply(volume)
     tiles = tuple(settings.tile_shape) if settings.tile_shape else None
     first = _Attempt(tile_shape=tiles, device=device, start=time.perf_counter())
+    output = _Output(config=settings, sink=sink, live=live, stop=stop)
     result = yield from _retrying_on_oom(
-        lambda attempt: _all_planes(model, normalized, settings, attempt, stop),
+        lambda attempt: _all_planes(model, volume, attempt, output),
         first,
         default_tile_shape(model, volume.shape),
     )
@@ -254,13 +275,21 @@ def predict_volume(
     return run_to_completion(predict(model, image, config))
 
 
-def _checked_volume(volume: np.ndarray) -> np.ndarray:
-    """``volume`` if it is ``(z, y, x)`` with a finite voxel; else why not, raised."""
+def _is_lazy(image: Any) -> bool:
+    """Whether ``image`` is an array read on demand (zarr, dask), not one in memory."""
+    return not isinstance(image, np.ndarray) and all(
+        hasattr(image, name) for name in ("shape", "dtype", "ndim", "__getitem__")
+    )
+
+
+def _checked_volume(volume: Any) -> Any:
+    """``volume`` if it is ``(z, y, x)`` with a finite voxel (checked in memory only: a lazy
+    volume is not read for it); else why not, raised."""
     if volume.ndim != 3:
         raise MedsegInputError(
             f"image has {volume.ndim} dimensions; napari-medseg segments 2D images and 3D volumes"
         )
-    if not np.isfinite(volume).any():
+    if isinstance(volume, np.ndarray) and not np.isfinite(volume).any():
         raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
     return volume
 
@@ -344,40 +373,101 @@ def _after_out_of_memory(
 # ---- one attempt: a pass per plane, averaged -------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Output:
+    """A prediction's settings, where its labels go (the ``sink``; ``None``: arrays of the
+    whole volume), whether tiles carry ``live`` labels, and the ``stop`` event."""
+
+    config: PredictConfig
+    sink: LabelSink | None
+    live: bool
+    stop: threading.Event | None
+
+
 def _all_planes(
+    model: TrainedModel, volume: Any, attempt: _Attempt, output: _Output
+) -> Generator[TileProgress, None, Prediction]:
+    """One tiled pass per plane of the model (2D networks may read three), averaged; a
+    model that reads the first axis only streams slab by slab (:func:`_streamed`)."""
+    planes = _planes_of(model, volume.shape)
+    if planes == (0,):
+        return (yield from _streamed(model, volume, attempt, output))
+    if output.sink is not None:
+        raise MedsegInputError(
+            "a model reading several planes needs the whole volume in memory: "
+            "predict into memory, not into a store"
+        )
+    normalized = model.config.normalization.apply(np.asarray(volume))
+    return (yield from _whole_volume(model, normalized, planes, attempt, output))
+
+
+def _streamed(
+    model: TrainedModel, volume: Any, attempt: _Attempt, output: _Output
+) -> Generator[TileProgress, None, Prediction]:
+    """One pass across the first axis with class scores held for a slab only."""
+    config = output.config
+    tiles = attempt.tile_shape or default_tile_shape(model, volume.shape)
+    sampler = GridSampler(volume.shape, tiles, config.overlap)
+    counter = _TileCounter(total=len(sampler), start=attempt.start, note=attempt.note)
+    sink = output.sink or MemorySink(
+        volume.shape, model.config.n_classes,
+        probabilities=config.probabilities, uncertainty=config.uncertainty,
+    )  # fmt: skip
+    try:
+        compute = TileComputer.placed(model, attempt.device, config)
+        reader = SlabReader(volume, model.config.normalization, attempt.device)
+        complete = yield from stream_pass(
+            reader, sampler, compute, sink, counter.report, live=output.live, stop=output.stop
+        )
+    finally:
+        release_device(attempt.device)
+    memory = sink if isinstance(sink, MemorySink) else None
+    return Prediction(
+        labels=memory.labels if memory else getattr(sink, "array", None),  # type: ignore[arg-type]
+        probabilities=memory.probabilities if memory and complete else None,
+        complete=complete,
+        device=str(attempt.device),
+        tile_shape=tuple(sampler.tile_shape),
+        uncertainty=memory.uncertainty if memory and complete else None,
+    )
+
+
+def _whole_volume(
     model: TrainedModel,
     normalized: np.ndarray,
-    config: PredictConfig,
+    planes: tuple[int, ...],
     attempt: _Attempt,
-    stop: threading.Event | None,
+    output: _Output,
 ) -> Generator[TileProgress, None, Prediction]:
-    """One tiled pass per plane of the model (2D networks may read three), averaged; the
-    network is on ``attempt.device`` only while the passes run."""
-    planes = plane_views(
+    """A pass per plane over the whole volume in memory, averaged; the network is on
+    ``attempt.device`` only while the passes run."""
+    config = output.config
+    planes_views = plane_views(
         normalized,
-        _planes_of(model, normalized.shape),
+        planes,
         lambda shape: attempt.tile_shape or default_tile_shape(model, shape),
         config.overlap,
     )
     counter = _TileCounter(
-        total=sum(len(plane.sampler) for plane in planes), start=attempt.start, note=attempt.note
+        total=sum(len(plane.sampler) for plane in planes_views),
+        start=attempt.start,
+        note=attempt.note,
     )
     sums = PassSums()
     stopped: Prediction | None = None
     try:
         compute = TileComputer.placed(model, attempt.device, config)
-        for plane in planes:
-            done = yield from plane_pass(plane, compute, counter.report, sums.scores, stop)
+        for plane in planes_views:
+            done = yield from plane_pass(plane, compute, counter.report, sums.scores, output.stop)
             if not done.complete:
                 stopped = _stopped(sums, done, plane, attempt.device)
                 break
             sums.add(done, plane.axis)
     finally:
-        place(model.network, "cpu", torch.contiguous_format)
         release_device(attempt.device)
     if stopped is not None:
         return stopped
-    return _finished(sums, config, attempt.device, planes[0].sampler.tile_shape)
+    return _finished(sums, config, attempt.device, planes_views[0].sampler.tile_shape)
 
 
 def _planes_of(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -397,7 +487,9 @@ class _TileCounter:
         self.start = start
         self.note = note
 
-    def report(self, region: tuple[slice, ...], labels: np.ndarray, caption: str) -> TileProgress:
+    def report(
+        self, region: tuple[slice, ...], labels: np.ndarray | None, caption: str
+    ) -> TileProgress:
         """The progress of the next tile, which covered ``region`` (volume order)."""
         self.index += 1
         message = " · ".join(m for m in (self.note, caption) if m)

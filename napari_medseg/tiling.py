@@ -48,7 +48,18 @@ class GridSampler:
 
     def __iter__(self) -> Iterator[tuple[slice, ...]]:
         for start in self.starts:
-            yield tuple(slice(int(a), int(a) + t) for a, t in zip(start, self.tile_shape))
+            yield self._region(start)
+
+    def rows(self) -> list[tuple[int, list[tuple[slice, ...]]]]:
+        """The tiles grouped by where they start along the first axis, in increasing order:
+        once a row is done, the slices before the next row's start have all their tiles."""
+        grouped: dict[int, list[tuple[slice, ...]]] = {}
+        for start in self.starts:
+            grouped.setdefault(int(start[0]), []).append(self._region(start))
+        return sorted(grouped.items())
+
+    def _region(self, start: np.ndarray) -> tuple[slice, ...]:
+        return tuple(slice(int(a), int(a) + t) for a, t in zip(start, self.tile_shape))
 
 
 def padded_voxels(tile_shape: Sequence[int], divisor: Sequence[int] = ()) -> int:
