@@ -148,9 +148,11 @@ def predict_volume_with_geometry(
     config: PredictConfig | None = None,
     *,
     on_progress: Callable[[TileProgress], None] | None = None,
+    live: bool = False,
 ) -> Prediction:
-    """Segment an image volume; raise if stopped before the end."""
-    prediction = run_to_completion(predict(model, image.array, config), on_progress)
+    """Segment an image volume; raise if stopped before the end. ``on_progress`` gets each
+    tile's labels only with ``live`` (else ``None``: their arg-max is saved)."""
+    prediction = run_to_completion(predict(model, image.array, config, live=live), on_progress)
     if not prediction.complete:
         raise MedsegInputError("prediction was stopped before the end; nothing written")
     return prediction

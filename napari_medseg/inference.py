@@ -272,7 +272,7 @@ def predict_volume(
     model: TrainedModel, image: np.ndarray, config: PredictConfig | None = None
 ) -> Prediction:
     """Run :func:`predict` to the end and return its :class:`Prediction`."""
-    return run_to_completion(predict(model, image, config))
+    return run_to_completion(predict(model, image, config, live=False))
 
 
 def _is_lazy(image: Any) -> bool:
