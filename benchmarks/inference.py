@@ -152,12 +152,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def child_peak(model_path: Path, device: str, tiles, overlap: float) -> float:
     """Peak resident memory (MB) of one run of ours in a fresh process."""
     code = (
-        f"import resource, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from inference import load_case, ours\n"
+        "from memory import peak_rss_mb\n"
         "from napari_medseg.checkpoint import load_model\n"
         f"image, _ = load_case(); model = load_model({str(model_path)!r})\n"
         f"ours(model, image, {device!r}, {tuple(tiles)!r}, {overlap!r})\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(peak_rss_mb())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True)  # fmt: skip

@@ -41,7 +41,10 @@ class SlabReader:
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """Slices ``start`` to ``stop``, read, normalised and placed on the device."""
-        raw = np.asarray(self.source[start:stop])
+        part = self.source[start:stop]
+        if hasattr(part, "compute"):  # dask: read here, without a pool of threads (memory)
+            part = part.compute(scheduler="synchronous")
+        raw = np.asarray(part)
         normalized = torch.from_numpy(self.normalization.apply(raw))
         return normalized.to(self.device)
 

@@ -28,6 +28,7 @@ from .inference import PredictConfig, Prediction, TileProgress, predict
 from .io import read_volume, write_volume
 from .io.segments import Segments, stored_class_names
 from .metrics import EvaluationResult, evaluate
+from .out_of_core import check_streamable, is_store_output, predict_to_store
 from .outputs import check_inputs, check_outputs, describe_os_error, rescue_model
 from .progress import run_to_completion
 from .regions import apply_regions
@@ -159,7 +160,7 @@ def predict_volume_with_geometry(
 
 
 def predict_file(
-    model_path: PathLike,
+    model_path: PathLike | TrainedModel,
     image_path: PathLike,
     out_path: PathLike,
     config: PredictConfig | None = None,
@@ -171,7 +172,12 @@ def predict_file(
     series_uid: str | None = None,
     dicom_seg_path: PathLike | None = None,
 ) -> Prediction:
-    """Load a model, segment an image file and write the label map with the image's geometry.
+    """Load a model (or take one already loaded), segment an image file and write the label
+    map with the image's geometry.
+
+    A ``.zarr`` output is written slab by slab with class scores held for one slab only,
+    and a zarr image is read lazily (:mod:`~napari_medseg.out_of_core`): volumes larger than
+    memory. Probabilities, uncertainty, an annotation and a DICOM SEG do not go with it.
 
     The model's structure names and colours go with it (:mod:`~napari_medseg.io.segments`:
     Slicer's fields in a ``.seg.nrrd``, else an ITK-SNAP ``.label.txt`` beside the file).
@@ -194,12 +200,23 @@ def predict_file(
     save after the segmentation was written, the :class:`MedsegError` says what was
     written and what not.
     """
+    path = None if isinstance(model_path, TrainedModel) else model_path
     check_predict_paths(
-        model_path, image_path, out_path, probabilities_path, uncertainty_path,
-        annotation=None if isinstance(annotation, Volume) else annotation,
+        path, image_path, out_path, probabilities_path,
+        uncertainty_path, annotation=None if isinstance(annotation, Volume) else annotation,
     )  # fmt: skip
+    if is_store_output(out_path):
+        check_streamable(
+            probabilities_path=probabilities_path, uncertainty_path=uncertainty_path,
+            annotation=annotation, dicom_seg_path=dicom_seg_path,
+        )  # fmt: skip
+        model = _loaded(model_path)
+        settings = replace(config or PredictConfig(), probabilities=False, uncertainty=False)
+        return predict_to_store(
+            model, image_path, out_path, settings, on_progress=on_progress, series_uid=series_uid
+        )
     source = _dicom_seg_source(image_path, dicom_seg_path, series_uid)
-    model = load_model(model_path)
+    model = _loaded(model_path)
     image = read_volume(image_path, series_uid=series_uid)
     if annotation is not None:
         if not isinstance(annotation, Volume):
@@ -222,6 +239,10 @@ def predict_file(
     more = _dicom_seg_write(dicom_seg_path, source, prediction, model, image)
     _write_extras(prediction, image, out_path, probabilities_path, uncertainty_path, more)
     return prediction
+
+
+def _loaded(model: PathLike | TrainedModel) -> TrainedModel:
+    return model if isinstance(model, TrainedModel) else load_model(model)
 
 
 def _dicom_seg_source(
@@ -259,7 +280,7 @@ def _dicom_seg_write(
 
 
 def check_predict_paths(
-    model_path: PathLike,
+    model_path: PathLike | None,
     image_path: PathLike,
     out_path: PathLike,
     probabilities_path: PathLike | None = None,

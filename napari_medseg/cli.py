@@ -81,9 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .cli_cohort import cmd_predict_cohort, single_image
+
+    if args.out_dir is not None:  # a cohort of scans, on dask.distributed
+        return cmd_predict_cohort(args)
     from .api import check_predict_paths, predict_file
     from .inference import PredictConfig
+    from .out_of_core import label_counts
 
+    args.image = single_image(args)  # one image, --out FILE
     config = config_from_args(PredictConfig, args)
     if config.regions != "all" and not args.annotation:
         raise MedsegInputError(f"--regions {config.regions} needs --annotation (the painting)")
@@ -111,10 +117,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    counts = {
-        int(k): int((prediction.labels == k).sum())
-        for k in range(1, int(prediction.labels.max()) + 1)
-    }
+    found = label_counts(prediction.labels, 1)  # a .zarr output: read slab by slab
+    counts = {k: int(found[k]) for k in range(1, len(found))}
     kept = ""
     if args.annotation:
         kept = f"; {prediction.kept_voxels:,} painted voxels kept from {args.annotation}"
@@ -242,6 +246,9 @@ EXAMPLES = {
         "medseg predict model.safetensors dicom_folder/ --out seg.nrrd --probabilities p.npy",
         "medseg predict model.safetensors dicom_folder/ --series-uid UID --out seg.nrrd "
         "--dicom-seg seg_dicom/seg.dcm",
+        "medseg predict model.safetensors scans/ 'more/*.nrrd' --out-dir segs/ "
+        "--metrics-against experts/",
+        "medseg predict model.safetensors scans/ --out-dir segs/ --scheduler tcp://host:8786",
     ],
     "evaluate": [
         "medseg evaluate ct_seg.nii.gz ct_expert.nii.gz",
@@ -287,6 +294,7 @@ _TIME_HELP = (
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .cli_cohort import add_cohort_options
     from .inference import PredictConfig
 
     p = sub.add_parser(
@@ -294,10 +302,13 @@ def _add_predict_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", help="a model file written by medseg train (.safetensors)")
-    p.add_argument("image", help="the image to segment")
     p.add_argument(
-        "--out", required=True, help="segmentation to write (0 = background, k = structure k)"
-    )
+        "image", nargs="+", metavar="IMAGE", help="the image to segment; with --out-dir, any "
+        "number of images, folders of scans (a DICOM series folder is one) or glob patterns",
+    )  # fmt: skip
+    outputs = p.add_mutually_exclusive_group(required=True)
+    outputs.add_argument("--out", help="segmentation to write (0 = background, k = structure k)")
+    add_cohort_options(p, outputs)  # --out-dir DIR and the cohort's options (cli_cohort.py)
     p.add_argument(
         "--probabilities",
         default=None,

@@ -44,7 +44,9 @@ def add_dicom_seg_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _is_dicom(path: Path) -> bool:
-    return path.is_dir() or extension_of(path) == ".dcm"
+    from .io import is_zarr
+
+    return (path.is_dir() and not is_zarr(path)) or extension_of(path) == ".dcm"
 
 
 def check_dicom_inputs(

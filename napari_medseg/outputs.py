@@ -75,16 +75,23 @@ def check_output(path: PathLike, what: str, *, kind: OutputKind = "volume") -> P
         regular file, or its extension is not one the writer knows.
     """
     target = Path(path).expanduser()
-    if target.is_dir():
+    store = _is_zarr_store(target)  # replaced whole once the new store is complete
+    if target.is_dir() and not store:
         raise MedsegInputError(f"cannot save {what} {target}: it is a folder; name a file in it")
     _check_extension(target, what, kind)
-    if target.exists() and not target.is_file():
+    if target.exists() and not target.is_file() and not store:
         raise MedsegInputError(f"cannot save {what} {target}: it is not a regular file")
     folder = target.parent
     if not folder.is_dir():
         raise MedsegInputError(f"cannot save {what} {target}: folder {folder} does not exist")
     try_writing_in(folder, f"cannot save {what} {target}")
     return target
+
+
+def _is_zarr_store(target: Path) -> bool:
+    from .io.zarr_io import is_zarr
+
+    return target.name.lower().endswith(".zarr") and target.is_dir() and is_zarr(target)
 
 
 def check_outputs(

@@ -96,7 +96,7 @@ class SlabAggregator:
     def labels(self, region: Region) -> np.ndarray:
         """Arg-max labels so far in ``region`` (volume coordinates), for a live overlay."""
         scores = self.scores[(slice(0, self.n_classes), *self._local(region))]
-        labels: np.ndarray = scores.argmax(0).to(torch.uint8).cpu().numpy()
+        labels: np.ndarray = channel_argmax(scores).cpu().numpy()
         return labels
 
     def release(self, until: int) -> FinishedSlab:
@@ -125,7 +125,7 @@ class SlabAggregator:
     def _finished(self, count: int) -> FinishedSlab:
         scores = self.scores[:, :count]
         classes = scores[: self.n_classes]
-        labels = classes.argmax(0).to(torch.uint8).cpu().numpy()
+        labels = channel_argmax(classes).cpu().numpy()
         if self.weight is None:
             return FinishedSlab(self.start, labels)
         weight = self.weight[:count].clamp_min(1e-8)
@@ -141,6 +141,18 @@ class SlabAggregator:
             raise ValueError(f"tile slices {z.start}..{z.stop} lie outside the window "
                              f"{self.start}..{self.start + self.depth}")  # fmt: skip
         return (slice(start, stop), *region[1:])
+
+
+def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``uint8`` index of the largest of ``scores`` along the first axis (the first one on a
+    tie, as ``argmax``): a running maximum over the channels, several times faster than
+    torch's ``argmax`` over a leading axis on a CPU."""
+    best = scores[0].clone()
+    labels = torch.zeros(best.shape, dtype=torch.uint8, device=scores.device)
+    for channel in range(1, scores.shape[0]):
+        labels.masked_fill_(scores[channel] > best, channel)
+        torch.maximum(best, scores[channel], out=best)
+    return labels
 
 
 class MemorySink:

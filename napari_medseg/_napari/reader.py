@@ -6,6 +6,9 @@ files stored in LPS/RAS, or an oblique acquisition), the layer gets ``scale=spac
 an ``affine`` holding the direction and origin, so that
 ``layer.data_to_world(index) == origin + direction @ (spacing * index)`` exactly.
 
+A zarr / OME-Zarr store opens lazily (:func:`zarr_layer_data`): its levels as dask arrays
+(a multiscale layer when it has several), read chunk by chunk as napari shows them.
+
 The geometry is also stored in ``layer.metadata`` (``spacing``, ``origin``, ``direction``,
 ``path``, ``format``) so the writers can restore it. Files that cannot be read raise
 :class:`~napari_medseg.errors.MedsegInputError` with a one-line message, which napari
@@ -33,15 +36,25 @@ from ..io import (
     dicom_series_uid,
     extension_of,
     is_supported,
+    is_zarr,
+    open_zarr,
     read_series,
     read_volume,
     window_limits,
 )
 from ..io.segments import is_seg_nrrd, layer_features, segments_from_metadata
+from ..io.zarr_io import LazyVolume, label_sample
 from ..labels import looks_like_labels
 from ..volume import Volume
 
-__all__ = ["get_reader", "read_layers", "layer_data_from_volume", "geometry_kwargs", "layer_name"]
+__all__ = [
+    "get_reader",
+    "read_layers",
+    "layer_data_from_volume",
+    "geometry_kwargs",
+    "layer_name",
+    "zarr_layer_data",
+]
 
 LayerData = tuple[Any, dict[str, Any], str]
 PathLike = str | Path
@@ -72,7 +85,8 @@ def read_layers(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
     """Read each path into one layer data tuple ``(data, kwargs, layer_type)``.
 
     Several ``.dcm`` files of one series give one layer. A folder holding several DICOM
-    series gives one layer per series (:func:`read_every_series`).
+    series gives one layer per series (:func:`read_every_series`). A zarr store opens
+    lazily (:func:`zarr_layer_data`).
 
     Parameters
     ----------
@@ -91,6 +105,9 @@ def read_layers(path: PathLike | Sequence[PathLike]) -> list[LayerData]:
     """
     layers = []
     for item, series_uid in _unique_sources(_as_list(path)):
+        if is_zarr(item):
+            layers.append(zarr_layer_data(item))
+            continue
         try:
             volume = read_volume(item, series_uid=series_uid)
         except SeveralSeriesError as several:
@@ -194,6 +211,61 @@ def layer_data_from_volume(
     return data, kwargs, layer_type
 
 
+def zarr_layer_data(path: PathLike, name: str | None = None) -> LayerData:
+    """A zarr / OME-Zarr store as a lazy napari layer data tuple, placed in world coordinates.
+
+    Only the metadata and a small sample (:func:`~napari_medseg.io.zarr_io.label_sample`)
+    are read: the data are dask arrays, a list of them (``multiscale``) when the store has
+    several resolution levels. A store with OME-NGFF ``image-label`` metadata, or whose
+    sample looks like labels, opens as a labels layer (with its names and colours).
+
+    Parameters
+    ----------
+    path : str or Path
+        The store.
+    name : str, optional
+        Layer name (default: the store's name without ``.zarr``).
+
+    Returns
+    -------
+    tuple
+        ``(data, kwargs, "image" | "labels")``.
+    """
+    lazy = open_zarr(path)
+    sample = None if lazy.is_label_map else label_sample(lazy)
+    labels = sample is None or looks_like_labels(sample, str(path))
+    levels = lazy.levels
+    if labels and lazy.dtype.kind not in "iu":
+        kind = np.uint8 if lazy.dtype.kind == "b" else np.int32
+        levels = [level.astype(kind) for level in levels]
+    kwargs: dict[str, Any] = {
+        "name": name or layer_name(path),
+        "metadata": _lazy_metadata(lazy),
+        "scale": lazy.spacing,
+        "translate": lazy.origin,
+        "multiscale": len(levels) > 1,
+    }
+    if _napari_has_units():
+        kwargs["units"] = ("mm",) * lazy.ndim
+    if labels and lazy.segments is not None:
+        kwargs.update(colormap=lazy.segments.color_dict(), features=layer_features(lazy.segments))
+    if sample is not None and not labels:
+        finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+        if finite.size and finite.min() < finite.max():
+            kwargs["contrast_limits"] = [float(finite.min()), float(finite.max())]
+    data = levels if len(levels) > 1 else levels[0]
+    return data, kwargs, "labels" if labels else "image"
+
+
+def _lazy_metadata(lazy: LazyVolume) -> dict[str, Any]:
+    """Layer metadata of a lazy volume: its metadata plus its (axis-aligned) geometry."""
+    metadata = dict(lazy.metadata)
+    metadata["spacing"] = [float(s) for s in lazy.spacing]
+    metadata["origin"] = [float(o) for o in lazy.origin]
+    metadata["direction"] = np.eye(lazy.ndim).tolist()
+    return metadata
+
+
 def geometry_kwargs(volume: Volume) -> dict[str, Any]:
     """Layer keyword arguments (``scale``, ``translate`` or ``affine``) placing ``volume``.
 
@@ -255,10 +327,11 @@ def layer_name(path: PathLike) -> str:
     Returns
     -------
     str
-        ``"brain"`` for ``brain.nii.gz``, ``"liver"`` for ``liver.seg.nrrd``; a folder's own name.
+        ``"brain"`` for ``brain.nii.gz``, ``"liver"`` for ``liver.seg.nrrd``, ``"scan"`` for
+        ``scan.zarr``; a folder's own name.
     """
     p = Path(path)
-    if p.is_dir():
+    if p.is_dir() and not p.name.lower().endswith(".zarr"):
         return p.name
     ext = ".seg.nrrd" if is_seg_nrrd(p) else extension_of(p)
     return p.name[: len(p.name) - len(ext)] if ext else p.name

@@ -2,7 +2,9 @@
 
 Formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage (``.mha``,
 ``.mhd``), DICOM series (a folder, or one ``.dcm`` file standing for its series), TIFF
-(``.tif``, ``.tiff``) and NumPy (``.npy``). Medical formats go through SimpleITK.
+(``.tif``, ``.tiff``), NumPy (``.npy``) and zarr / OME-Zarr stores (a ``.zarr`` folder, with
+the ``zarr`` extra; :mod:`.zarr_io` also opens them lazily, for volumes larger than memory).
+Medical formats go through SimpleITK.
 
 Every volume comes back as a :class:`~napari_medseg.volume.Volume` in array order
 ``(z, y, x)``: SimpleITK's ``(x, y, z)`` spacing and origin are reversed and its direction
@@ -36,8 +38,9 @@ formats) read them, and :func:`read_volume` finds them again (:mod:`.segments`).
 
 This module only dispatches on the format (:func:`read_volume`, :func:`write_volume`); the
 work is done per format by ``_itk`` (NIfTI, NRRD, MetaImage through SimpleITK, with
-``_nifti`` for NIfTI specifics), :mod:`.dicom`, :mod:`.tiff` and ``_npy``. The checks on
-untrusted files are in ``_checks``; the label-map heuristics in :mod:`napari_medseg.labels`.
+``_nifti`` for NIfTI specifics), :mod:`.dicom`, :mod:`.tiff`, ``_npy`` and :mod:`.zarr_io`.
+The checks on untrusted files are in ``_checks``; the label-map heuristics in
+:mod:`napari_medseg.labels`.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from ..errors import MedsegInputError
 from ..labels import as_label_type, looks_like_labels
 from ..volume import Volume
 from ._checks import DEFAULT_MAX_VOXELS, check_image, refuse_special_file
-from ._formats import FORMATS, SUPPORTED_EXTENSIONS, extension_of
+from ._formats import FORMATS, STORE_EXTENSIONS, SUPPORTED_EXTENSIONS, extension_of
 from ._geometry import GeometryWarning, geometry_for
 from ._itk import read_itk_file, write_itk
 from ._npy import read_npy, write_npy
@@ -78,25 +81,31 @@ from .segments import (
     write_seg_nrrd,
 )
 from .tiff import read_tiff, write_tiff
+from .zarr_io import LazyVolume, ZarrLabelWriter, is_zarr, open_zarr, write_zarr
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
     "SUPPORTED_EXTENSIONS",
     "DicomSeriesInfo",
     "GeometryWarning",
+    "LazyVolume",
     "Segments",
     "SeveralSeriesError",
+    "ZarrLabelWriter",
     "check_image",
     "dicom_series_uid",
     "extension_of",
     "find_series",
     "is_supported",
+    "is_zarr",
     "list_dicom_series",
     "looks_like_labels",
+    "open_zarr",
     "read_series",
     "read_volume",
     "window_limits",
     "write_volume",
+    "write_zarr",
 ]
 
 #: Writer of each format :func:`write_volume` can write (DICOM is read only).
@@ -115,16 +124,16 @@ def is_supported(path: str | Path) -> bool:
     Parameters
     ----------
     path : str or Path
-        A file, or a folder that may hold a DICOM series.
+        A file, a zarr store, or a folder that may hold a DICOM series.
 
     Returns
     -------
     bool
-        True for a supported extension, or a folder holding DICOM files.
+        True for a supported extension, a zarr store, or a folder holding DICOM files.
     """
     p = Path(path).expanduser()
     if p.is_dir():
-        return folder_has_dicom(p)
+        return is_zarr(p) or folder_has_dicom(p)
     return extension_of(p) in FORMATS
 
 
@@ -133,7 +142,8 @@ def _format_of(path: Path) -> str:
     if fmt is None:
         raise MedsegInputError(
             f"cannot read {path.name}: unknown file type; supported: "
-            f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM folder"
+            f"{', '.join(SUPPORTED_EXTENSIONS)}, a DICOM folder or a "
+            f"{' or '.join(STORE_EXTENSIONS)} store"
         )
     return fmt
 
@@ -151,7 +161,8 @@ def read_volume(
     ----------
     path : str or Path
         A file (``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``, ``.dcm``,
-        ``.tif``, ``.tiff``, ``.npy``) or a folder holding a DICOM series.
+        ``.tif``, ``.tiff``, ``.npy``), a folder holding a DICOM series, or a zarr /
+        OME-Zarr store (read whole: :func:`open_zarr` reads one lazily).
     series_uid : str, optional
         The DICOM series to read when the folder holds several. A ``.dcm`` file stands
         for its own series.
@@ -177,7 +188,8 @@ def read_volume(
         and no ``series_uid`` (:class:`SeveralSeriesError`, listing them), 4D or RGB data
         without ``allow_channels``.
     UnsafeFileError
-        Declared size above ``max_voxels``, decompression bomb, pickled ``.npy``.
+        Declared size above ``max_voxels`` (a zarr store that large: ``medseg predict``
+        streams it), decompression bomb, pickled ``.npy``.
 
     Warns
     -----
@@ -189,9 +201,11 @@ def read_volume(
     p = Path(path).expanduser()
     if not p.exists():
         raise MedsegInputError(f"cannot read {p}: no such file or folder")
-    fmt = "dicom" if p.is_dir() else _format_of(p)
+    fmt = "zarr" if is_zarr(p) else "dicom" if p.is_dir() else _format_of(p)
     if not p.is_dir():
         refuse_special_file(p.name, p)
+    if fmt == "zarr":
+        return open_zarr(p).load(max_voxels)
     if fmt == "dicom":
         return read_dicom(p, series_uid, max_voxels, allow_channels)
     if fmt == "tiff":
@@ -224,7 +238,8 @@ def write_volume(
     ----------
     path : str or Path
         Target file; the format follows the extension (any of
-        :data:`SUPPORTED_EXTENSIONS` except ``.dcm``).
+        :data:`SUPPORTED_EXTENSIONS` except ``.dcm``, or ``.zarr``: an OME-Zarr store,
+        :func:`write_zarr`, axis-aligned).
     data : np.ndarray or Volume
         The voxels, array order ``(z, y, x)``.
     reference : Volume, optional
@@ -239,8 +254,9 @@ def write_volume(
         (:func:`looks_like_labels`); conversion is always lossless.
     segments : Segments, optional
         Structure names and colours of a label map (:mod:`.segments`): Slicer's fields in
-        a ``.seg.nrrd`` (3D only), else an ITK-SNAP label description beside the file
-        (``seg.label.txt`` for ``seg.nii.gz``), written after it.
+        a ``.seg.nrrd`` (3D only), OME-NGFF ``image-label`` metadata in a ``.zarr`` store,
+        else an ITK-SNAP label description beside the file (``seg.label.txt`` for
+        ``seg.nii.gz``), written after it.
 
     Returns
     -------
@@ -257,7 +273,7 @@ def write_volume(
     Warns
     -----
     GeometryWarning
-        When the format cannot keep the geometry (``.npy``).
+        When the format cannot keep the geometry (``.npy``; a direction in ``.zarr``).
     """
     target = Path(path).expanduser()
     fmt = FORMATS.get(extension_of(target))
@@ -265,11 +281,13 @@ def write_volume(
         raise MedsegInputError(
             f"cannot save {target.name}: "
             + ("writing DICOM is not supported" if fmt == "dicom" else "unknown file type")
-            + "; use .nii.gz, .nrrd, .mha, .tif or .npy"
+            + "; use .nii.gz, .nrrd, .mha, .tif, .npy or .zarr"
         )
     array = np.asarray(data.array if isinstance(data, Volume) else data)
     base = reference if reference is not None else (data if isinstance(data, Volume) else None)
     geometry = geometry_for(array.shape, base, spacing, origin, direction, reference is not None)
+    if fmt == "zarr":
+        return _write_zarr_volume(target, array, geometry, labels, segments)
     array = _storable(array, target.name, True if segments is not None else labels)
     volume = Volume(array, *geometry)
     if segments is not None and is_seg_nrrd(target):
@@ -279,6 +297,22 @@ def write_volume(
     if segments is not None:
         write_label_description(label_file_for(target), segments)
     return target
+
+
+def _write_zarr_volume(
+    target: Path,
+    array: npt.NDArray[Any],
+    geometry: tuple[Any, ...],
+    labels: bool | None,
+    segments: Segments | None,
+) -> Path:
+    """An OME-Zarr store; a label map gets ``image-label`` metadata (:func:`write_zarr`)."""
+    decided = True if segments is not None else labels
+    if decided is None:
+        decided = array.dtype.kind in "biu" and looks_like_labels(array)
+    array = _storable(array, target.name, decided)
+    volume = Volume(array, *geometry)
+    return write_zarr(target, array, reference=volume, segments=segments, labels=decided)
 
 
 def _storable(

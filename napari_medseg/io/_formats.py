@@ -1,4 +1,4 @@
-"""File formats: which format a file name stands for."""
+"""File formats: which format a file (or store folder) name stands for."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ FORMATS: dict[str, str] = {
     ".tif": "tiff",
     ".tiff": "tiff",
     ".npy": "npy",
+    ".zarr": "zarr",
 }
-#: File extensions :func:`~napari_medseg.io.read_volume` understands (a DICOM folder is
-#: also accepted).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(FORMATS)
+#: Extensions of formats stored as a folder rather than a file (zarr stores).
+STORE_EXTENSIONS: tuple[str, ...] = (".zarr",)
+#: File extensions :func:`~napari_medseg.io.read_volume` understands; it also reads a
+#: DICOM folder and the stores of :data:`STORE_EXTENSIONS`.
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(e for e in FORMATS if e not in STORE_EXTENSIONS)
 
 
 def extension_of(path: str | Path) -> str:
