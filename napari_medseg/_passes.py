@@ -164,9 +164,10 @@ def plane_views(
     normalized: np.ndarray,
     planes: tuple[int, ...],
     tiles_for: Callable[[Shape], Shape],
-    overlap: float,
+    overlap: float | tuple[float, ...],
 ) -> list[PlaneView]:
-    """A view per plane in ``planes``, tiled by ``tiles_for(view shape)``."""
+    """A view per plane in ``planes``, tiled by ``tiles_for(view shape)`` with ``overlap``
+    (per axis of the view: its first axis is the plane's)."""
     views = []
     for number, axis in enumerate(planes, start=1):
         view = np.moveaxis(normalized, axis, 0)

@@ -49,6 +49,7 @@ __all__ = [
     "disagreement",
     "predict",
     "predict_volume",
+    "tile_overlaps",
     "tile_shape_for",
 ]
 
@@ -67,7 +68,8 @@ class PredictConfig:
         "auto", help="where to compute: auto picks CUDA, then Apple MPS, then the CPU"
     )
     overlap: float = option(
-        0.5, help="fraction of a tile shared with its neighbour (0.5: half)",
+        0.25, help="fraction of a tile shared with its neighbour along each axis (0.25: a "
+        "quarter; a 2D network's tiles never share slices)",
         min=0.0, max=0.95, step=0.05,
     )  # fmt: skip
     probabilities: bool = option(
@@ -153,6 +155,15 @@ class Prediction:
     uncertainty: np.ndarray | None = None
     kept_voxels: int = 0
     cleared_voxels: int = 0
+
+
+def tile_overlaps(model: TrainedModel, overlap: float) -> tuple[float, float, float]:
+    """The overlap of the tiles per axis of a pass (its slice axis first): ``overlap`` along
+    every axis for the 3D U-Net; none across the slices for a 2D network, which reads each
+    slice alone (a slice in two tiles would get the same scores twice)."""
+    if model.config.arch == "unet3d":
+        return (overlap, overlap, overlap)
+    return (0.0, overlap, overlap)
 
 
 def default_tile_shape(model: TrainedModel, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -407,7 +418,7 @@ def _streamed(
     """One pass across the first axis with class scores held for a slab only."""
     config = output.config
     tiles = attempt.tile_shape or default_tile_shape(model, volume.shape)
-    sampler = GridSampler(volume.shape, tiles, config.overlap)
+    sampler = GridSampler(volume.shape, tiles, tile_overlaps(model, config.overlap))
     counter = _TileCounter(total=len(sampler), start=attempt.start, note=attempt.note)
     sink = output.sink or MemorySink(
         volume.shape, model.config.n_classes,
@@ -446,7 +457,7 @@ def _whole_volume(
         normalized,
         planes,
         lambda shape: attempt.tile_shape or default_tile_shape(model, shape),
-        config.overlap,
+        tile_overlaps(model, config.overlap),
     )
     counter = _TileCounter(
         total=sum(len(plane.sampler) for plane in planes_views),

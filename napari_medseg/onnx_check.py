@@ -22,7 +22,13 @@ from torch import nn
 
 from ._passes import PassSums, TileComputer, average_passes, plane_pass, plane_views
 from .errors import MedsegError, MedsegInputError
-from .inference import PredictConfig, default_tile_shape, predict_volume, tile_shape_for
+from .inference import (
+    PredictConfig,
+    default_tile_shape,
+    predict_volume,
+    tile_overlaps,
+    tile_shape_for,
+)
 from .model import TrainedModel
 from .progress import run_to_completion
 
@@ -113,7 +119,7 @@ def runtime_probabilities(session: Any, model: TrainedModel, image: np.ndarray) 
     planes = (0,) if model.config.arch == "unet3d" or image.shape[0] == 1 else model.config.planes
     views = plane_views(
         normalized, tuple(planes), lambda shape: default_tile_shape(model, shape),
-        PredictConfig().overlap,
+        tile_overlaps(model, PredictConfig().overlap),
     )  # fmt: skip
     compute = _RuntimeTiles.of(session, model)
     sums = PassSums()

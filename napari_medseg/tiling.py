@@ -29,17 +29,26 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
 
 
 class GridSampler:
-    """Regions of a volume of ``shape`` covered by tiles of ``tile_shape`` with ``overlap``.
+    """Regions of a volume of ``shape`` covered by tiles of ``tile_shape`` with ``overlap``
+    (one fraction for every axis, or one per axis).
 
     Tiles larger than the volume along an axis are clipped to it.
     """
 
-    def __init__(self, shape: Sequence[int], tile_shape: Sequence[int], overlap: float = 0.5):
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError("overlap must be in [0, 1)")
+    def __init__(
+        self,
+        shape: Sequence[int],
+        tile_shape: Sequence[int],
+        overlap: float | Sequence[float] = 0.5,
+    ):
+        overlaps = [overlap] * len(shape) if isinstance(overlap, (int, float)) else overlap
+        if len(overlaps) != len(shape) or not all(0.0 <= o < 1.0 for o in overlaps):
+            raise ValueError("overlap must be in [0, 1), one for every axis or one per axis")
         self.shape = tuple(int(s) for s in shape)
         self.tile_shape = tuple(min(int(t), s) for t, s in zip(tile_shape, self.shape))
-        per_axis = [tile_starts(s, t, overlap) for s, t in zip(self.shape, self.tile_shape)]
+        per_axis = [
+            tile_starts(s, t, float(o)) for s, t, o in zip(self.shape, self.tile_shape, overlaps)
+        ]
         grids = np.meshgrid(*per_axis, indexing="ij")
         self.starts = np.stack([g.reshape(-1) for g in grids], axis=1)
 

@@ -151,7 +151,7 @@ def test_tiled_prediction_matches_whole_volume_and_yields_each_tile(tmp_path):
     assert (result.labels == result.probabilities.argmax(0)).all()
     save_model(tmp_path / "m.safetensors", model)
     reloaded = load_model(tmp_path / "m.safetensors")
-    again = predict_volume(reloaded, image, PredictConfig(tile_shape=(8, 16, 16)))
+    again = predict_volume(reloaded, image, PredictConfig(tile_shape=(8, 16, 16), overlap=0.5))
     assert (again.labels == result.labels).all()
 
 
