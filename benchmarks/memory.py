@@ -72,8 +72,9 @@ def make_model(volume: np.ndarray, classes: int, path: Path) -> None:
 
 def predict_in_this_process(model_path: str, volume_path: str, device: str, full: bool) -> None:
     from napari_medseg.checkpoint import load_model
-    from napari_medseg.inference import PredictConfig, predict
+    from napari_medseg.inference import PredictConfig, predict, tile_overlaps
     from napari_medseg.progress import run_to_completion
+    from napari_medseg.tiling import GridSampler
 
     model = load_model(model_path)
     volume = np.load(volume_path)
@@ -83,11 +84,12 @@ def predict_in_this_process(model_path: str, volume_path: str, device: str, full
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
     tiles = result.tile_shape
-    count = int(np.prod([len(_starts(s, t)) for s, t in zip(volume.shape, tiles)]))
+    count = len(GridSampler(volume.shape, tiles, tile_overlaps(model, config.overlap)))
     print(json.dumps({
         "seconds": round(seconds, 2), "peak_rss_mb": round(peak, 1), "tiles": count,
         "tile_shape": list(tiles), "classes": model.config.n_classes,
         "shape": list(volume.shape), "device": result.device, "mixed_precision": not full,
+        "overlap": config.overlap,
         "structure_voxels": int((result.labels > 0).sum()),
     }))  # fmt: skip
 
@@ -104,12 +106,6 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _starts(size: int, tile: int) -> list[int]:
-    from napari_medseg.tiling import tile_starts
-
-    return tile_starts(size, tile, 0.5)
 
 
 def main() -> None:

@@ -8,7 +8,10 @@ Writes a ``--shape`` uint16 stack (default 2048 x 1024 x 1024: 4.3 GB of voxels)
 prediction of that crop (the slices whose tiles are the same in both). One JSON line::
 
     {"voxels_gb": .., "limit_gb": .., "seconds": .., "vm_peak_mb": .., "peak_rss_mb": ..,
-     "crop_identical": true, "structure_voxels": ..}
+     "crop_identical": true, "retried": false, "structure_voxels": ..}
+
+(``retried``: the run ran out of memory once and started again with smaller tiles, which
+it then reports on stderr; the crop would then differ, its tiles being others.)
 
 Usage (alone on the machine, about 10 GB free in ``--work-dir``'s file system is plenty:
 the zeros compress)::
@@ -76,8 +79,9 @@ def train_model(stack: Path, model_path: Path, crop: int) -> np.ndarray:
     return image
 
 
-def run_limited(args: list[str], limit: int) -> tuple[float, int, int]:
-    """``medseg args`` under an address-space limit: seconds, VmPeak and VmHWM (bytes)."""
+def run_limited(args: list[str], limit: int) -> tuple[float, int, int, bool]:
+    """``medseg args`` under an address-space limit: seconds, VmPeak and VmHWM (bytes), and
+    whether it ran out of memory once and retried with smaller tiles."""
 
     def limited() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -89,7 +93,7 @@ def run_limited(args: list[str], limit: int) -> tuple[float, int, int]:
     if done.returncode != 0:
         raise SystemExit(f"medseg predict failed under the limit:\n{done.stderr[-3000:]}")
     peak, hwm = done.stderr.split("MEMORY ")[-1].split()[:2]
-    return seconds, int(peak) * 1024, int(hwm) * 1024
+    return seconds, int(peak) * 1024, int(hwm) * 1024, "retrying" in done.stderr
 
 
 def main() -> None:
@@ -99,8 +103,9 @@ def main() -> None:
     parser.add_argument("--limit-gb", type=float, default=3.0)
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args()
-    from napari_medseg.inference import PredictConfig, predict_volume
-    from napari_medseg.io import open_zarr
+    from napari_medseg.checkpoint import load_model
+    from napari_medseg.inference import default_tile_shape
+    from napari_medseg.io import open_zarr, write_volume
     from napari_medseg.tiling import GridSampler
 
     shape = tuple(args.shape)
@@ -109,26 +114,31 @@ def main() -> None:
         write_stack(stack, shape, args.blobs)
         crop = train_model(stack, model_path.with_suffix(".safetensors"), 200)
         limit = int(args.limit_gb * (1 << 30))
-        seconds, peak, hwm = run_limited(
+        seconds, peak, hwm, retried = run_limited(
             ["predict", str(model_path.with_suffix(".safetensors")), str(stack), "--out",
              str(out), "--device", "cpu"], limit,
         )  # fmt: skip
         labels = open_zarr(out).array
-        from napari_medseg.checkpoint import load_model
-
-        model = load_model(model_path.with_suffix(".safetensors"))
-        in_memory = predict_volume(model, crop, PredictConfig(device="cpu"))
-        rows = [start for start, _ in GridSampler(crop.shape, in_memory.tile_shape).rows()]
+        # the crop in memory, by the same command in a fresh process under the same limit
+        # (oneDNN picks other bf16 kernels under it: 0.25 % of the voxels differ otherwise)
+        write_volume(Path(folder) / "crop.npy", crop)
+        run_limited(["predict", str(model_path.with_suffix(".safetensors")),
+                     str(Path(folder) / "crop.npy"), "--out", str(Path(folder) / "crop_seg.npy"),
+                     "--device", "cpu"], limit)  # fmt: skip
+        in_memory = np.load(Path(folder) / "crop_seg.npy")
+        tiles = default_tile_shape(load_model(model_path.with_suffix(".safetensors")), crop.shape)
+        rows = [start for start, _ in GridSampler(crop.shape, tiles, 0.25).rows()]
         same = rows[-1]  # slices before the crop's last row of tiles: the same tiles
-        identical = bool(np.array_equal(np.asarray(labels[:same]), in_memory.labels[:same]))
+        differing = int((np.asarray(labels[:same]) != in_memory[:same]).sum())
         counted = sum(int((np.asarray(labels[s : s + 128]) > 0).sum())
                       for s in range(0, shape[0], 128))  # fmt: skip
     print(json.dumps({
         "voxels_gb": round(np.prod(shape) * 2 / 1e9, 2), "shape": list(shape),
         "limit_gb": args.limit_gb, "seconds": round(seconds, 1),
         "vm_peak_mb": round(peak / 2**20), "peak_rss_mb": round(hwm / 2**20),
-        "crop_identical": identical, "crop_slices_compared": same,
-        "tile_shape": list(in_memory.tile_shape), "structure_voxels": counted,
+        "crop_identical": differing == 0, "crop_voxels_differing": differing,
+        "crop_slices_compared": same, "retried": retried,
+        "tile_shape": list(tiles), "structure_voxels": counted,
     }))  # fmt: skip
 
 

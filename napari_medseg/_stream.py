@@ -24,6 +24,8 @@ from .tiling import GridSampler
 
 T = TypeVar("T")
 Region = tuple[slice, ...]
+#: Slices of the volume read and normalised at once.
+READ_SLICES = 16
 #: ``report(region, labels or None, caption)``: what the pass yields after each tile.
 Report = Callable[[Region, "np.ndarray | None", str], T]
 
@@ -40,13 +42,17 @@ class SlabReader:
         self.device = device
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        """Slices ``start`` to ``stop``, read, normalised and placed on the device."""
-        part = self.source[start:stop]
-        if hasattr(part, "compute"):  # dask: read here, without a pool of threads (memory)
-            part = part.compute(scheduler="synchronous")
-        raw = np.asarray(part)
-        normalized = torch.from_numpy(self.normalization.apply(raw))
-        return normalized.to(self.device)
+        """Slices ``start`` to ``stop``, read, normalised and placed on the device; read
+        :data:`READ_SLICES` at a time, so that the raw voxels never take a whole slab."""
+        stop = min(stop, int(self.source.shape[0]))
+        slab = torch.empty((stop - start, *self.source.shape[1:]), device=self.device)
+        for first in range(start, stop, READ_SLICES):
+            part = self.source[first : min(first + READ_SLICES, stop)]
+            if hasattr(part, "compute"):  # dask: read here, without a pool of threads
+                part = part.compute(scheduler="synchronous")
+            normalized = torch.from_numpy(self.normalization.apply(np.asarray(part)))
+            slab[first - start : first - start + normalized.shape[0]] = normalized
+        return slab
 
 
 class CachedTiles:

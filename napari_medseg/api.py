@@ -25,8 +25,9 @@ from .crossval import CrossValConfig, CrossValProgress, CrossValResult, crossval
 from .errors import MedsegError, MedsegInputError
 from .export_onnx import export_onnx as export_onnx  # api.export_onnx(model, "model.onnx")
 from .inference import PredictConfig, Prediction, TileProgress, predict
-from .io import read_volume, write_volume
+from .io import is_zarr, read_volume, write_volume
 from .io.segments import Segments, stored_class_names
+from .lazy_training import train_from_store
 from .metrics import EvaluationResult, evaluate
 from .out_of_core import check_streamable, is_store_output, predict_to_store
 from .outputs import check_inputs, check_outputs, describe_os_error, rescue_model
@@ -109,6 +110,9 @@ def train_files(
 
     ``series_uid``: the DICOM series of the image when its folder holds several.
 
+    A zarr image is read lazily: only the region around the painting is read and trained on
+    (:func:`~napari_medseg.lazy_training.train_from_store`), for volumes larger than memory.
+
     ``class_names``: the structure names; by default those stored with the annotation file
     (:mod:`~napari_medseg.io.segments`), if any.
 
@@ -129,13 +133,19 @@ def train_files(
     check_inputs(inputs)
     check_outputs([(model_path, "model", "model")], inputs)
     start = load_model(init) if init is not None and not isinstance(init, TrainedModel) else init
-    image = read_volume(image_path, series_uid=series_uid)
-    annotation = read_volume(annotation_path)
-    class_names = class_names or stored_class_names(annotation.metadata, "annotation")
-    model = train_volume(
-        image, annotation, config, class_names=class_names, on_progress=on_progress, init=start,
-        stop=stop,
-    )
+    if is_zarr(image_path):  # read lazily: only the region around the painting
+        model = train_from_store(
+            image_path, annotation_path, config, class_names=class_names,
+            on_progress=on_progress, init=start, stop=stop,
+        )  # fmt: skip
+    else:
+        image = read_volume(image_path, series_uid=series_uid)
+        annotation = read_volume(annotation_path)
+        class_names = class_names or stored_class_names(annotation.metadata, "annotation")
+        model = train_volume(
+            image, annotation, config, class_names=class_names, on_progress=on_progress,
+            init=start, stop=stop,
+        )  # fmt: skip
     try:
         save_model(model_path, model)
     except (OSError, MedsegError) as exc:

@@ -50,11 +50,14 @@ class IntensityNormalization:
 
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Normalise an image to ``float32``; NaN and infinite voxels become the mean (0)."""
-        out: npt.NDArray[np.float32] = np.asarray(image, dtype=np.float32)
-        out = np.nan_to_num(out, nan=self.mean, posinf=self.upper, neginf=self.lower)
-        out = np.clip(out, self.lower, self.upper)
-        out = (out - np.float32(self.mean)) / np.float32(self.std)
-        return out.astype(np.float32, copy=False)
+        # one float32 copy of the image, then every step in place (a slab of a large volume
+        # is normalised with no other temporary of its size)
+        out: npt.NDArray[np.float32] = np.array(image, dtype=np.float32, copy=True)
+        np.nan_to_num(out, copy=False, nan=self.mean, posinf=self.upper, neginf=self.lower)
+        np.clip(out, self.lower, self.upper, out=out)
+        out -= np.float32(self.mean)
+        out /= np.float32(self.std)
+        return out
 
     def to_dict(self) -> dict[str, float]:
         """JSON-safe form."""

@@ -25,6 +25,9 @@ from .tiling import gaussian_importance
 
 Region = tuple[slice, ...]
 
+#: Slices whose labels are taken at once when a slab is finished.
+ARGMAX_SLICES = 8
+
 
 @runtime_checkable
 class LabelSink(Protocol):
@@ -108,10 +111,10 @@ class SlabAggregator:
                              f"{self.depth} slices")  # fmt: skip
         finished = self._finished(count)
         keep = self.depth - count
-        if keep > 0:
-            self.scores[:, :keep] = self.scores[:, count:].clone()
+        for index in range(keep):  # slice by slice, front to back: no copy of the window
+            self.scores[:, index] = self.scores[:, index + count]
             if self.weight is not None:
-                self.weight[:keep] = self.weight[count:].clone()
+                self.weight[index] = self.weight[index + count]
         self.scores[:, keep:] = 0
         if self.weight is not None:
             self.weight[keep:] = 0
@@ -125,7 +128,10 @@ class SlabAggregator:
     def _finished(self, count: int) -> FinishedSlab:
         scores = self.scores[:, :count]
         classes = scores[: self.n_classes]
-        labels = channel_argmax(classes).cpu().numpy()
+        labels = np.concatenate([  # a few slices at a time: small temporaries
+            channel_argmax(classes[:, start : start + ARGMAX_SLICES]).cpu().numpy()
+            for start in range(0, count, ARGMAX_SLICES)
+        ])  # fmt: skip
         if self.weight is None:
             return FinishedSlab(self.start, labels)
         weight = self.weight[:count].clamp_min(1e-8)

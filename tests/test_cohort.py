@@ -250,7 +250,7 @@ def test_finished_scans_are_skipped_and_the_model_is_loaded_once(
     other = CohortConfig(out_dir=str(tmp_path / "out"), format="nrrd")  # other output files
     assert not plan_cohort(model_path, [tmp_path / "scans"], PredictConfig(device="cpu"),
                            other).done  # fmt: skip
-    settings = PredictConfig(device="cpu", overlap=0.25)  # other settings
+    settings = PredictConfig(device="cpu", overlap=0.5)  # other settings
     assert not plan_cohort(model_path, [tmp_path / "scans"], settings, config).done
 
     os.utime(scans[0], ns=(time.time_ns(), time.time_ns() + 10**9))  # the image changed

@@ -11,11 +11,14 @@ import pytest
 from test_cli import assert_user_error
 from test_prediction_memory import _peak, _run_limited  # tests/ is on the path
 
-from napari_medseg.api import predict_file
+import napari_medseg.lazy_training as lazy_training
+from napari_medseg.api import predict_file, train_files
 from napari_medseg.checkpoint import save_model
 from napari_medseg.cli import main
+from napari_medseg.errors import MedsegInputError
 from napari_medseg.inference import PredictConfig, predict_volume
 from napari_medseg.io import ZarrLabelWriter, open_zarr, read_volume, write_volume, write_zarr
+from napari_medseg.lazy_training import fit_on_slices, painted_box, train_from_store
 from napari_medseg.progress import run_to_completion
 from napari_medseg.synthetic import make_synthetic_case
 from napari_medseg.training import TrainConfig, train
@@ -127,3 +130,50 @@ def test_a_store_larger_than_the_memory_left_is_predicted(tiny, tmp_path):
     # the slices whose tiles are the same in both stacks get the same labels
     same = np.asarray(open_zarr(tmp_path / "s.zarr").array)[:32]
     assert np.array_equal(np.asarray(labels[:32]), same)
+
+
+# ---- training from a store: only the region around the painting is read --------------
+
+
+def test_painted_box_is_found_slab_by_slab():
+    annotation = np.zeros((70, 20, 30), dtype=np.uint8)
+    annotation[5, 3:9, 4] = 2
+    annotation[66, 12, 25:28] = 1
+    assert painted_box(annotation, slab=16) == (slice(5, 67), slice(3, 13), slice(4, 28))
+    assert painted_box(np.zeros((4, 4, 4), np.uint8)) is None
+
+
+def test_training_from_a_store_reads_the_painted_region_only(tmp_path, monkeypatch):
+    case = make_synthetic_case(shape=(60, 40, 40), seed=2)
+    annotation = np.zeros_like(case.annotation)
+    annotation[20:22] = case.annotation[20:22]  # two painted slices
+    write_zarr(tmp_path / "scan.zarr", case.image, spacing=(1.0, 1.0, 1.0))
+    write_zarr(tmp_path / "ann.zarr", annotation)
+    seen = {}
+    real = lazy_training.train
+
+    def recorded(image, annotation, config, **kwargs):
+        seen["shape"], seen["normalization"] = image.shape, kwargs["normalization"]
+        return real(image, annotation, config, **kwargs)
+
+    monkeypatch.setattr(lazy_training, "train", recorded)
+    config = TrainConfig(iterations=2, time_budget=None, base_channels=4, device="cpu",
+                         patch_shape=(8, 16, 16))  # fmt: skip
+    model = train_files(tmp_path / "scan.zarr", tmp_path / "ann.zarr", tmp_path / "m.safetensors",
+                        config)  # fmt: skip
+    assert seen["shape"] == (2 + 2 * 8, 40, 40)  # the painted slices and a patch either side
+    assert model.config.normalization == fit_on_slices(case.image)  # the whole volume's
+    assert (tmp_path / "m.safetensors").exists()
+
+
+def test_training_from_a_store_refuses_an_empty_or_too_large_painting(tmp_path):
+    image = np.random.default_rng(0).random((20, 16, 16)).astype(np.float32)
+    write_zarr(tmp_path / "scan.zarr", image)
+    write_zarr(tmp_path / "empty.zarr", np.zeros(image.shape, np.uint8))
+    with pytest.raises(MedsegInputError, match="no painted voxel"):
+        train_from_store(tmp_path / "scan.zarr", tmp_path / "empty.zarr")
+    painted = np.zeros(image.shape, np.uint8)
+    painted[0, 0, 0], painted[19, 15, 15] = 1, 2
+    write_zarr(tmp_path / "wide.zarr", painted)
+    with pytest.raises(MedsegInputError, match="paint within a smaller region"):
+        train_from_store(tmp_path / "scan.zarr", tmp_path / "wide.zarr", max_voxels=1000)

@@ -107,11 +107,13 @@ def plan_training(
     spacing: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
     init: TrainedModel | None = None,
+    normalization: IntensityNormalization | None = None,
 ) -> TrainingPlan:
     """Check the input and resolve every automatic setting of a run.
 
     With ``init`` (a warm start) the network, its patch and the intensity normalisation are
     the earlier model's, and the classes are its classes plus any new structure painted.
+    Else the intensity normalisation is ``normalization``, or one fitted on ``image``.
 
     Raises
     ------
@@ -133,9 +135,10 @@ def plan_training(
         raise MedsegInputError("image has no finite voxel (all NaN or infinite)")
     spacing_t = checked_spacing(spacing, image.ndim)
     device = resolve_device(config.device)
-    normalization = (
-        IntensityNormalization.fit(image) if init is None else init.config.normalization
-    )
+    if init is not None:
+        normalization = init.config.normalization
+    elif normalization is None:
+        normalization = IntensityNormalization.fit(image)
     counts = tuple(int(c) for c in painted_counts(annotation, n_classes + 1)[1:])
     patch_shape = patch_shape_for(config, image.shape, spacing_t)
     freeze, power = config.freeze_batch_norm, config.class_weight_power

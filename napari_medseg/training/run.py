@@ -22,6 +22,7 @@ from ..annotation import IGNORE_INDEX, annotation_to_target
 from ..batches import PrefetchedBatches, SerialBatches
 from ..model import ModelConfig, TrainedModel
 from ..models import Ensemble
+from ..normalization import IntensityNormalization
 from ..painted_slices import as_3d
 from ..progress import relay
 from .config import TrainConfig, TrainProgress
@@ -66,6 +67,7 @@ def train(
     stop: threading.Event | None = None,
     init: TrainedModel | None = None,
     preview: PreviewRequest | None = None,
+    normalization: IntensityNormalization | None = None,
 ) -> Generator[TrainProgress, None, TrainedModel]:
     """Train a network on a sparse annotation, from scratch or continuing from ``init``.
 
@@ -91,6 +93,9 @@ def train(
     preview : PreviewRequest, optional
         The slice a viewer shows: every few seconds a progress item carries the current
         model's labels of it (:class:`~.preview.SlicePreview`).
+    normalization : IntensityNormalization, optional
+        The intensity normalisation to train and predict with, instead of one fitted on
+        ``image`` (training on a crop of a larger volume: fitted on the whole of it).
 
     Yields
     ------
@@ -108,8 +113,9 @@ def train(
         For unusable input (checked before any training).
     """
     plan = plan_training(
-        image, annotation, config, spacing=spacing, class_names=class_names, init=init
-    )
+        image, annotation, config, spacing=spacing, class_names=class_names, init=init,
+        normalization=normalization,
+    )  # fmt: skip
     start = time.perf_counter()
     members = yield from run_plan(plan, image, annotation, stop, start, preview)
     return assemble_model(plan, members, start, as_3d(annotation, "annotation"))
