@@ -393,12 +393,14 @@ def crossval_files(
     class_names: list[str] | None = None,
     on_progress: Callable[[CrossValProgress], None] | None = None,
     stop: threading.Event | None = None,
+    series_uid: str | None = None,
 ) -> CrossValResult:
     """Read an image and its annotation and cross-validate over the annotated slices
     (:func:`~napari_medseg.crossval.crossval`; ``stop`` ends it after the current step,
-    with the folds finished so far). Both inputs must exist before the first is read."""
+    with the folds finished so far). Both inputs must exist before the first is read.
+    ``series_uid`` chooses the DICOM series of the image when its folder holds several."""
     check_inputs([(image_path, "image"), (annotation_path, "annotation")])
-    image = read_volume(image_path)
+    image = read_volume(image_path, series_uid=series_uid)
     annotation = read_volume(annotation_path)
     check_same_geometry(image, annotation, "annotation")
     generator = crossval(

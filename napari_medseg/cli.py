@@ -173,6 +173,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     from .crossval import CrossValConfig
 
     config = config_from_args(CrossValConfig, args, train=_train_config(args))
+    check_dicom_inputs(args.image, args.series_uid, annotation=args.annotation)
     stop = threading.Event()
     bar, update = _bar("crossval")
     try:
@@ -184,6 +185,7 @@ def cmd_crossval(args: argparse.Namespace) -> int:
                 class_names=_class_names(args),
                 on_progress=update,
                 stop=stop,
+                series_uid=args.series_uid,
             )
     finally:
         bar.close()
@@ -381,6 +383,7 @@ def _add_crossval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("annotation", help=ANNOTATION_HELP)
     p.add_argument("--class-names", default=None, help="comma-separated structure names")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_series_uid_option(p)
     add_arguments(p, CrossValConfig, names=("folds",))
     add_arguments(
         p,

@@ -159,6 +159,20 @@ def test_train_refuses_several_series_and_an_unknown_uid(two_series, tmp_path, c
     assert not model.exists()
 
 
+def test_crossval_refuses_several_series_then_takes_the_one_chosen(two_series, tmp_path, capsys):
+    _, truth = cube_array((8, 24, 20))
+    annotation = np.zeros(truth.shape, np.uint8)
+    for z in (2, 5):
+        annotation[z] = truth[z] + 1
+    volume = read_volume(two_series, series_uid=AXIAL_UID)
+    ann = write_volume(tmp_path / "ann.nii.gz", annotation, reference=volume, labels=True)
+    argv = ["crossval", str(two_series), str(ann), "--folds", "2", "--iterations", "1",
+            "--device", "cpu", "--json"]  # fmt: skip
+    assert_user_error(main(argv), capsys.readouterr().err, "crossval", "--series-uid UID")
+    assert main([*argv, "--series-uid", AXIAL_UID]) == 0
+    assert '"folds"' in capsys.readouterr().out
+
+
 def test_series_uid_for_an_image_that_is_not_dicom_is_refused(tmp_path, capsys):
     image = write_volume(tmp_path / "image.nii.gz", np.zeros((4, 8, 8), np.float32))
     argv = ["predict", str(_fake_model(tmp_path)), str(image), "--out",
