@@ -254,3 +254,27 @@ def test_geometry_of_the_coronal_series_is_not_trivial(coronal):
     names_in_slice_order = [Path(f).name for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(
         str(coronal), AXIAL_UID)]  # fmt: skip
     assert names_in_slice_order != sorted(names_in_slice_order)
+
+
+# ---- from napari: a segmentation layer of an image opened from DICOM ---------------------
+
+
+def test_a_layer_of_a_dicom_image_saves_as_a_seg_on_its_series(coronal, tmp_path):
+    from napari_medseg._napari.reader import get_reader
+    from napari_medseg._napari.writer import write_labels_dicom_seg
+    from napari_medseg.colors import CLASS_NAMES_KEY
+
+    [(image, kwargs, kind)] = get_reader(str(coronal))(str(coronal))
+    assert kind == "image" and kwargs["metadata"]["format"] == "dicom"
+    labels = asymmetric_labels(image.shape)
+    meta = {**kwargs, "name": "segmentation",
+            "metadata": {**kwargs["metadata"], CLASS_NAMES_KEY: NAMES}}  # fmt: skip
+    target = write_labels_dicom_seg(str(tmp_path / "seg.dcm"), labels, meta)
+    seg = hd.seg.segread(target)
+    np.testing.assert_array_equal(labels_from_frames(seg, source_index(coronal), image.shape),
+                                  labels)  # fmt: skip
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == NAMES
+    plain = {**meta, "metadata": {CLASS_NAMES_KEY: NAMES}}  # an image not read from DICOM
+    with pytest.raises(MedsegInputError, match="made on a DICOM series"):
+        write_labels_dicom_seg(str(tmp_path / "other.dcm"), labels, plain)
+    assert not (tmp_path / "other.dcm").exists()

@@ -220,6 +220,20 @@ def test_save_segmentation_keeps_geometry(synthetic_viewer, widgets, qtbot, mode
     np.testing.assert_array_equal(volume.array, saved)
 
 
+def test_a_dicom_seg_is_refused_for_an_image_not_read_from_dicom(
+    synthetic_viewer, widgets, qtbot, models, tmp_path
+):
+    train, predict = widgets[1], widgets[2]
+    _train_model(train, qtbot, models, iterations=1)
+    predict.form.set_values(device="cpu")
+    assert predict.start_prediction() is True
+    qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
+    predict.save_segmentation(tmp_path / "seg.dcm")  # the .dcm filter: a DICOM SEG
+    qtbot.waitUntil(lambda: predict.status.is_error, timeout=WAIT_MS)
+    assert "made on a DICOM series" in predict.status.text()
+    assert not (tmp_path / "seg.dcm").exists()
+
+
 def test_errors_in_the_worker_are_shown_not_raised(synthetic_viewer, widgets, qtbot, models,
                                                    monkeypatch):
     import napari_medseg.inference as inference

@@ -20,6 +20,7 @@ from ..colors import CLASS_NAMES_KEY
 from ..errors import MedsegInputError
 from ..io import extension_of, write_volume
 from ..io.segments import Segments, layer_kind
+from ..volume import Volume
 
 __all__ = [
     "DEFAULT_EXTENSION",
@@ -60,6 +61,35 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         replaces the previous file, which is left byte-identical.
     """
     return [_write_layer(path, data, meta, labels=True)]
+
+
+def write_labels_dicom_seg(path: str, data: Any, meta: Mapping[str, Any]) -> str:
+    """A segmentation layer of an image read from DICOM, written as a DICOM SEG on that
+    series (:mod:`napari_medseg.io.dicom_seg`: highdicom; checked before anything is written,
+    verified before it replaces ``path``), one segment per structure name of the layer.
+
+    Raises
+    ------
+    MedsegInputError
+        The layer's image was not read from a DICOM series (one line), or the SEG could not
+        be written there (:func:`~napari_medseg.io.dicom_seg.check_dicom_seg`).
+    """
+    from ..io.dicom_seg import check_dicom_seg, write_dicom_seg
+
+    metadata = meta.get("metadata") or {}
+    folder = metadata.get("path")
+    if metadata.get("format") != "dicom" or not folder:
+        raise MedsegInputError(
+            "a DICOM SEG is made on a DICOM series: segment an image opened from DICOM"
+        )
+    source = check_dicom_seg(str(folder), path, metadata.get("series_uid"))
+    array = _full_resolution(data, meta)
+    spacing, origin, direction = geometry_from_meta(meta, array.ndim)
+    reference = Volume(array, spacing, origin, direction)
+    found = int(array.max()) if array.size else 0
+    names = [str(n) for n in metadata.get(CLASS_NAMES_KEY) or []]
+    names += [f"structure {k}" for k in range(len(names) + 1, found + 1)]
+    return str(write_dicom_seg(path, array, source, names, reference=reference))
 
 
 def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

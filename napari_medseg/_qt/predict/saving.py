@@ -13,7 +13,8 @@ from .._worker import report_error, run_function
 
 SEGMENTATION_FILE_FILTER = (
     "NIfTI (*.nii.gz *.nii);;3D Slicer segmentation (*.seg.nrrd);;NRRD (*.nrrd);;"
-    "MetaImage (*.mha *.mhd);;TIFF (*.tif *.tiff);;NumPy (*.npy)"
+    "MetaImage (*.mha *.mhd);;TIFF (*.tif *.tiff);;NumPy (*.npy);;"
+    "DICOM SEG on the image's series (*.dcm)"
 )
 
 
@@ -24,9 +25,10 @@ def write_segmentation(layer: Labels, path: str | Path, status: StatusLabel) -> 
     the layer's metadata, copied from the image layer, so the file keeps the image's
     geometry (spacing, origin, direction), and the model's structure names with the colours
     shown (Slicer's fields in a ``.seg.nrrd``, else an ITK-SNAP ``.label.txt`` beside the
-    file). The outcome is shown in ``status``.
+    file); a ``.dcm`` path is a DICOM SEG on the series the image was read from. The outcome
+    is shown in ``status``.
     """
-    from ..._napari.writer import write_labels
+    from ..._napari.writer import write_labels, write_labels_dicom_seg
 
     data, meta, _ = layer.as_layer_data_tuple()
     data = np.array(data, copy=True)
@@ -40,8 +42,13 @@ def write_segmentation(layer: Labels, path: str | Path, status: StatusLabel) -> 
     def failed(exc: BaseException) -> None:
         report_error(exc, status, prefix="could not save the segmentation: ")
 
+    def write() -> list[str]:
+        if target.lower().endswith(".dcm"):  # a DICOM SEG on the image's own series
+            return [write_labels_dicom_seg(target, data, meta)]
+        return write_labels(target, data, meta)
+
     return run_function(
-        lambda: write_labels(target, data, meta),
+        write,
         name="MedSeg save segmentation",
         on_return=saved,
         on_error=failed,
