@@ -166,6 +166,7 @@ def predict_volume_with_geometry(
     prediction = run_to_completion(predict(model, image.array, config, live=live), on_progress)
     if not prediction.complete:
         raise MedsegInputError("prediction was stopped before the end; nothing written")
+    prediction.spacing = tuple(image.spacing)
     return prediction
 
 

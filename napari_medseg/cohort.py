@@ -411,11 +411,11 @@ def _limit_torch_threads(slots_per_host: int) -> int:
 
 def _predict(job: ScanJob) -> Record:
     from .api import predict_file
-    from .out_of_core import label_counts, open_image
+    from .out_of_core import label_counts
 
     model = cached_model(job.model)
     prediction = predict_file(model, job.scan.image, job.scan.output, job.predict)
-    spacing = open_image(job.scan.image).spacing  # a zarr store lazily: its metadata only
+    spacing = prediction.spacing  # the image is read once, by predict_file
     voxel_ml = float(np.prod(spacing)) / 1000.0
     names = model.config.class_names
     counts = label_counts(prediction.labels, len(names))

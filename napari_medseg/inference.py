@@ -144,7 +144,8 @@ class Prediction:
     ``kept_voxels``: voxels given the user's painted label afterwards
     (:func:`~napari_medseg.annotation.keep_painted`; 0 when no annotation was applied);
     ``cleared_voxels``: voxels of regions apart from the painting cleared then
-    (``PredictConfig.regions``).
+    (``PredictConfig.regions``). ``spacing``: the image's voxel size in mm, when it was read
+    from a file (:func:`~napari_medseg.api.predict_file`), else empty.
     """
 
     labels: np.ndarray
@@ -155,6 +156,7 @@ class Prediction:
     uncertainty: np.ndarray | None = None
     kept_voxels: int = 0
     cleared_voxels: int = 0
+    spacing: tuple[float, ...] = ()
 
 
 def tile_overlaps(model: TrainedModel, overlap: float) -> tuple[float, float, float]:

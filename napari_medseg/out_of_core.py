@@ -93,6 +93,7 @@ def predict_to_store(
         if not prediction.complete:
             raise MedsegInputError("prediction was stopped before the end; nothing written")
     prediction.labels = writer.array
+    prediction.spacing = tuple(float(s) for s in image.spacing)
     return prediction
 
 
