@@ -35,6 +35,7 @@ from paper_table import load_case, mean_dice  # noqa: E402
 
 from napari_medseg.annotation import keep_painted  # noqa: E402
 from napari_medseg.inference import PredictConfig, predict  # noqa: E402
+from napari_medseg.painted_slices import planes_to_paint  # noqa: E402
 from napari_medseg.progress import run_to_completion  # noqa: E402
 from napari_medseg.training import TrainConfig, train  # noqa: E402
 
@@ -52,18 +53,10 @@ def first_slice(expert: np.ndarray) -> int:
     return int(zs[len(zs) // 2])
 
 
-def suggested(probabilities: np.ndarray, annotation: np.ndarray) -> tuple[int, int]:
-    """The unpainted slice (any plane) where the model is least sure, summed over it."""
-    doubt = 1.0 - probabilities.max(axis=0)
-    best = (-1.0, 0, 0)
-    for axis in range(3):
-        painted = np.moveaxis(annotation > 0, axis, 0).reshape(annotation.shape[axis], -1)
-        sums = np.moveaxis(doubt, axis, 0).reshape(annotation.shape[axis], -1).sum(1)
-        sums[painted.mean(1) > 0.5] = -1.0  # already painted (a whole slice)
-        index = int(np.argmax(sums))
-        if sums[index] > best[0]:
-            best = (float(sums[index]), axis, index)
-    return best[1], best[2]
+def suggested(probabilities: np.ndarray, annotation: np.ndarray) -> tuple[int, int] | None:
+    """The slice (any plane) the product suggests: most doubt on voxels nobody painted."""
+    best = planes_to_paint(1.0 - probabilities.max(axis=0), annotation, count=1)
+    return best[0] if best else None
 
 
 def evenly(expert: np.ndarray, annotation: np.ndarray) -> tuple[int, int]:
@@ -98,10 +91,8 @@ def simulate(case: Any, strategy: str, args: argparse.Namespace) -> list[dict[st
             "validation": (model.config.history.get("validation") or {}).get("score"),
         })
         print(json.dumps(rows[-1]), flush=True)
-        if strategy == "suggested":
-            axis, index = suggested(result.probabilities, annotation)
-        else:
-            axis, index = evenly(case.expert, annotation)
+        pick = suggested(result.probabilities, annotation) if strategy == "suggested" else None
+        axis, index = pick or evenly(case.expert, annotation)
         paint(annotation, case.expert, axis, index)
     return rows
 

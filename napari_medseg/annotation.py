@@ -382,48 +382,6 @@ def box_from_rectangle(
     return box
 
 
-def slices_to_paint(
-    uncertainty: np.ndarray,
-    annotation: np.ndarray | None = None,
-    axis: int = 0,
-    count: int = 3,
-) -> list[int]:
-    """The slices where painting next would settle the most: most uncertainty left unpainted.
-
-    Each slice along ``axis`` scores the sum of ``uncertainty`` over its voxels that
-    ``annotation`` leaves at 0 (all voxels without an annotation), so painted slices score
-    nothing. Returns at most ``count`` slice indices, best first, with a positive score.
-
-    Parameters
-    ----------
-    uncertainty : np.ndarray
-        Per-voxel uncertainty (e.g. ``Prediction.uncertainty``), 2D or 3D.
-    annotation : np.ndarray, optional
-        Sparse annotation of the same shape (``0`` = not annotated).
-    axis : int
-        The axis the slices are taken across (0: axial for ``(z, y, x)``).
-    count : int
-        How many slices to suggest.
-    """
-    weights = np.moveaxis(np.asarray(uncertainty), axis, 0)
-    unknown = None  # the annotation with ``axis`` first; 0 = not annotated
-    if annotation is not None:
-        if np.shape(annotation) != np.shape(uncertainty):
-            raise MedsegInputError(
-                f"annotation shape {np.shape(annotation)} differs from {np.shape(uncertainty)}"
-            )
-        unknown = np.moveaxis(np.asarray(annotation), axis, 0)
-    # slice by slice: no full-volume copy (this runs on the GUI thread for large scans too)
-    scores = np.array(
-        [
-            float(w.sum(dtype=np.float64, where=True if unknown is None else unknown[k] == 0))
-            for k, w in enumerate(weights)
-        ]
-    )
-    order = np.argsort(-scores, kind="stable")
-    return [int(k) for k in order[:count] if scores[k] > 0]
-
-
 def content_checksum(annotation: np.ndarray) -> str:
     """Cheap checksum of an annotation's content: CRC-32, type and shape (tells one round's
     or one autosave's painting from another's)."""

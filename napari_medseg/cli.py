@@ -129,13 +129,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if path:
             print(f"saved {path}")
     if prediction.uncertainty is not None and prediction.uncertainty.ndim == 3:
-        from .annotation import slices_to_paint
+        from .painted_slices import describe_slices, planes_to_paint
 
         painted = annotation.array if annotation is not None else None
-        suggested = slices_to_paint(prediction.uncertainty, painted, axis=0, count=3)
+        suggested = planes_to_paint(prediction.uncertainty, painted, count=3)
         if suggested:
-            listed = ", ".join(str(k) for k in suggested)
-            print(f"the model is least sure on axial slices {listed}: paint one of them next")
+            print(
+                f"the model is least sure on {describe_slices(suggested)}: paint one of them next"
+            )
     return 0
 
 

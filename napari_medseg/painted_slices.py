@@ -18,6 +18,7 @@ from .errors import MedsegInputError
 
 #: Short names of the array axes ``(z, y, x)``, used in tables and JSON.
 AXIS_NAMES: tuple[str, str, str] = ("z", "y", "x")
+PLANE_NAMES: tuple[str, str, str] = ("axial", "coronal", "sagittal")  # slices across z, y, x
 #: At most this many slice numbers are listed per axis by :func:`format_slice_list`.
 MAX_LISTED_SLICES = 24
 
@@ -246,3 +247,41 @@ def annotation_summary(annotation: np.ndarray, class_names: Sequence[str]) -> st
         + f" ({unknown:.1f} % not annotated)"
     )
     return "\n".join(lines)
+
+
+def planes_to_paint(
+    uncertainty: np.ndarray, annotation: np.ndarray | None = None, count: int = 3
+) -> list[tuple[int, int]]:
+    """The slices of a 3D volume, in any of its three planes, where painting next would
+    settle the most: most uncertainty on voxels not yet painted.
+
+    Every slice along every axis scores the sum of ``uncertainty`` over its voxels that
+    ``annotation`` leaves at 0. Returns at most ``count`` ``(axis, index)`` pairs, best first,
+    with a positive score. The volume is read one axial slice at a time (no full-size copy:
+    this runs on the GUI thread for large scans too).
+    """
+    uncertainty = np.asarray(uncertainty)
+    if uncertainty.ndim != 3:
+        raise MedsegInputError(f"slices to paint need a 3D volume, not {uncertainty.ndim}D")
+    if annotation is not None and np.shape(annotation) != uncertainty.shape:
+        raise MedsegInputError(
+            f"annotation shape {np.shape(annotation)} differs from {uncertainty.shape}"
+        )
+    scores = [np.zeros(n) for n in uncertainty.shape]
+    for k, plane in enumerate(uncertainty):
+        weights = np.asarray(plane, dtype=np.float64)
+        if annotation is not None:
+            weights = np.where(np.asarray(annotation[k]) == 0, weights, 0.0)
+        scores[0][k] = weights.sum()
+        scores[1] += weights.sum(axis=1)
+        scores[2] += weights.sum(axis=0)
+    ranked = sorted(
+        ((float(s), axis, index) for axis in range(3) for index, s in enumerate(scores[axis])),
+        key=lambda item: -item[0],
+    )
+    return [(axis, index) for score, axis, index in ranked[:count] if score > 0]
+
+
+def describe_slices(slices: Sequence[tuple[int, int]]) -> str:
+    """``"axial slice 14, sagittal slice 120"`` for ``[(0, 14), (2, 120)]``."""
+    return ", ".join(f"{PLANE_NAMES[axis]} slice {index}" for axis, index in slices)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -403,8 +404,12 @@ def test_ensemble_option_trains_and_saves_several_networks(case, tmp_path, capsy
     steered = ["--uncertainty", str(spread), "--annotation", str(case["annotation"])]
     assert main([*predict, *steered]) == 0
     (line,) = [t for t in capsys.readouterr().out.splitlines() if "paint one of them" in t]
-    suggested = [int(k) for k in line.split("slices ")[1].split(":")[0].split(", ")]
-    assert suggested and all((annotation[k] == 0).any() for k in suggested)
+    planes = {"axial": 0, "coronal": 1, "sagittal": 2}
+    found = re.findall(r"(axial|coronal|sagittal) slice (\d+)", line.split(":")[0])
+    suggested = [(planes[plane], int(k)) for plane, k in found]
+    assert suggested and all(
+        (np.moveaxis(annotation, axis, 0)[k] == 0).any() for axis, k in suggested
+    )
     image, uncertainty = read_volume(case["image"]), read_volume(spread)
     assert uncertainty.shape == image.shape and uncertainty.array.dtype == np.float32
     np.testing.assert_allclose(uncertainty.spacing, image.spacing)
@@ -423,7 +428,8 @@ def test_uncertainty_of_a_single_network_is_its_doubt(case, tmp_path, capsys):
     values = read_volume(doubt).array
     assert values.shape == read_volume(seg).array.shape
     assert 0.0 <= values.min() and values.max() <= 1.0
-    assert "least sure on axial slices" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert re.search(r"least sure on (axial|coronal|sagittal) slice \d+", out), out
 
 
 def test_predict_keeps_painted_voxels_given_the_annotation(pipeline, tmp_path, capsys):

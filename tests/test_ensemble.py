@@ -168,19 +168,25 @@ def test_a_model_file_cannot_ask_for_thousands_of_networks():
         NetworkConfig.from_dict({"arch": "unet3d", "members": 100_000})
 
 
-def test_slices_to_paint_ranks_the_disagreement_left_unpainted():
-    from napari_medseg.annotation import slices_to_paint
+def test_planes_to_paint_ranks_the_doubt_left_unpainted_in_every_plane():
+    from napari_medseg.painted_slices import describe_slices, planes_to_paint
 
-    uncertainty = np.zeros((5, 4, 4), np.float32)
-    uncertainty[3] = 0.5  # the most disagreement, but slice 3 is painted
-    uncertainty[1, 0, 0] = 1.0
-    uncertainty[4, :2] = 0.2  # 8 voxels: 1.6 in all, more than slice 1
-    annotation = np.zeros((5, 4, 4), np.uint8)
+    uncertainty = np.zeros((5, 6, 7), np.float32)
+    uncertainty[3] = 0.5  # the most doubt, but axial slice 3 is painted
+    uncertainty[:, :, 6] = 0.4  # sagittal slice 6: 30 voxels, 12.0 in all (4.8 unpainted)
+    uncertainty[1, 2, 0] = 1.0
+    annotation = np.zeros(uncertainty.shape, np.uint8)
     annotation[3] = 1
-    assert slices_to_paint(uncertainty) == [3, 4, 1]
-    assert slices_to_paint(uncertainty, annotation) == [4, 1]  # painted: scores nothing
-    assert slices_to_paint(uncertainty, annotation, count=1) == [4]
-    turned = (uncertainty.transpose(1, 0, 2), annotation.transpose(1, 0, 2))
-    assert slices_to_paint(*turned, axis=1) == [4, 1]
+    assert planes_to_paint(uncertainty, count=1) == [(0, 3)]
+    # painted voxels score nothing: sagittal slice 6 first, then the axial slices through it
+    best = planes_to_paint(uncertainty, annotation, count=3)
+    assert best[0] == (2, 6) and all((annotation[k] == 0).all() for axis, k in best if axis == 0)
+    assert (0, 3) not in planes_to_paint(uncertainty, annotation, count=100)
+    turned = planes_to_paint(uncertainty.transpose(2, 1, 0), annotation.transpose(2, 1, 0))
+    assert turned[0] == (0, 6)  # the same slice, now across the first axis
+    assert planes_to_paint(np.zeros((3, 3, 3))) == []  # no doubt: nothing to suggest
+    assert describe_slices([(2, 6), (0, 1)]) == "sagittal slice 6, axial slice 1"
     with pytest.raises(MedsegInputError, match="differs"):
-        slices_to_paint(uncertainty, annotation[:-1])
+        planes_to_paint(uncertainty, annotation[:-1])
+    with pytest.raises(MedsegInputError, match="3D"):
+        planes_to_paint(uncertainty[0])

@@ -159,25 +159,43 @@ def test_ensemble_model_shows_where_its_networks_disagree(synthetic_viewer, widg
     assert layer.data.shape == (16, 32, 32) and predict.uncertainty_layer.name == layer.name
     assert 0.0 <= float(layer.data.min()) and float(layer.data.max()) <= 1.0
     np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
-    # the status names the slices to paint next, none of them already painted in full
+    # the status names the slices to paint next, in any plane, none of them painted in full
     annotation = synthetic_viewer.layers["synthetic annotation"].data
     assert predict.suggested_slices
-    assert all((annotation[k] == 0).any() for k in predict.suggested_slices)
+    for axis, index in predict.suggested_slices:
+        assert (np.moveaxis(annotation, axis, 0)[index] == 0).any()
     assert "paint one of them next" in predict.status.text()
-    # one click takes the viewer to the first suggested slice, the next click to the second
+    # each click turns the view to the suggestion's plane and moves to its slice
     assert not predict.suggest_button.isHidden()
-    assert f"slice {predict.suggested_slices[0]} " in predict.suggest_button.text()
-    assert predict.show_next_suggestion() == predict.suggested_slices[0]
-    assert synthetic_viewer.dims.point[0] == pytest.approx(2.0 * predict.suggested_slices[0])
-    if len(predict.suggested_slices) > 1:
-        predict.suggest_button.click()
-        assert synthetic_viewer.dims.point[0] == pytest.approx(2.0 * predict.suggested_slices[1])
+    axis, index = predict.suggested_slices[0]
+    assert f"slice {index} " in predict.suggest_button.text()
+    for turn, (axis, index) in enumerate(predict.suggested_slices):
+        if turn == 0:
+            assert predict.show_next_suggestion() == (axis, index)
+        else:
+            predict.suggest_button.click()
+        assert synthetic_viewer.dims.not_displayed == (axis,)
+        assert synthetic_viewer.dims.point[axis] == pytest.approx((2.0, 1.0, 1.0)[axis] * index)
 
     predict.select_model(single.name)  # back to one network: its own doubt, still offered
     assert uncertainty.widget.isEnabled() and "unsure" in uncertainty.widget.toolTip()
     assert predict.start_prediction() is True
     qtbot.waitUntil(lambda: not predict.is_running, timeout=WAIT_MS)
     assert predict.suggested_slices and "least sure" in predict.status.text()
+
+
+def test_suggestions_turn_the_view_to_their_plane(synthetic_viewer, widgets):
+    predict = widgets[2]
+    image = synthetic_viewer.layers["synthetic"]
+    predict.suggestions.offer([(2, 5), (1, 3), (0, 7)], image)
+    assert predict.suggest_button.text().startswith("Go to sagittal slice 5 to paint (1 of 3)")
+    for axis, index in [(2, 5), (1, 3), (0, 7), (2, 5)]:  # round and round
+        predict.suggest_button.click()
+        assert synthetic_viewer.dims.not_displayed == (axis,)
+        assert synthetic_viewer.dims.displayed == tuple(a for a in range(3) if a != axis)
+        assert synthetic_viewer.dims.point[axis] == pytest.approx((2.0, 1.0, 1.0)[axis] * index)
+    predict.suggestions.offer([], image)
+    assert predict.suggest_button.isHidden()
 
 
 def test_save_and_load_model(synthetic_viewer, widgets, qtbot, models, tmp_path):

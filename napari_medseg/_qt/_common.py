@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFormLayout,
@@ -23,6 +24,10 @@ ERROR_STYLE = "color: #ff6b6b; font-weight: bold;"
 RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
 INFO_STYLE = ""
 PROGRESS_STEPS = 1000
+# A shown change anywhere in the window recomposes all of it (napari's canvas is an OpenGL
+# widget): progress is drawn at most this often, the latest item winning.
+PROGRESS_INTERVAL_S = 0.25
+DESCRIPTION_LINES = 2
 
 
 class StatusLabel(QLabel):
@@ -55,7 +60,12 @@ class StatusLabel(QLabel):
 
 
 class ProgressRow(QWidget):
-    """A progress bar with a one-line description under it."""
+    """A progress bar with a description of up to two lines under it.
+
+    Updates are drawn at most every :data:`PROGRESS_INTERVAL_S` (the latest wins) and never
+    synchronously, and the description keeps its height, so a fast job neither relayouts
+    nor recomposes the window with each item.
+    """
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -65,29 +75,63 @@ class ProgressRow(QWidget):
         self.bar.setTextVisible(True)
         self.label = QLabel("")
         self.label.setWordWrap(True)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        lines = self.label.fontMetrics().lineSpacing() * DESCRIPTION_LINES
+        self.label.setMinimumHeight(lines + 2 * self.label.margin())
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         layout.addWidget(self.bar)
         layout.addWidget(self.label)
+        self._pending: tuple[float | None, str] | None = None
+        self._shown_at = 0.0
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self._draw_pending)
 
     def start(self, text: str = "starting…") -> None:
         """Show an indeterminate ("busy") bar until the first update."""
+        self._pending = None
+        self._timer.stop()
         self.bar.setRange(0, 0)
         self.label.setText(text)
 
     def update(self, fraction: float | None, text: str = "") -> None:  # type: ignore[override]
-        """Show progress ``fraction`` (0..1, None for unknown) and ``text``."""
+        """Show progress ``fraction`` (0..1, None for unknown) and ``text`` (soon: at most
+        every :data:`PROGRESS_INTERVAL_S`, the latest call winning)."""
+        self._pending = (fraction, text)
+        wait = PROGRESS_INTERVAL_S - (time.perf_counter() - self._shown_at)
+        if wait <= 0:
+            self._draw_pending()
+        elif not self._timer.isActive():
+            self._timer.start(max(1, round(wait * 1000)))
+
+    def _draw_pending(self) -> None:
+        if self._pending is None:
+            return
+        fraction, text = self._pending
+        self._pending = None
+        self._shown_at = time.perf_counter()
         if fraction is None:
-            self.bar.setRange(0, 0)
+            if self.bar.maximum() != 0:
+                self.bar.setRange(0, 0)
         else:
-            self.bar.setRange(0, PROGRESS_STEPS)
-            frac = min(max(float(fraction), 0.0), 1.0)
-            self.bar.setValue(round(frac * PROGRESS_STEPS))
-        self.label.setText(text)
+            value = round(min(max(float(fraction), 0.0), 1.0) * PROGRESS_STEPS)
+            if self.bar.maximum() != PROGRESS_STEPS:
+                self.bar.setRange(0, PROGRESS_STEPS)
+            if value != self.bar.value():
+                # QProgressBar.setValue repaints at once when its text changes; that would
+                # recompose the whole window now, on top of the next scheduled redraw
+                self.bar.setUpdatesEnabled(False)
+                self.bar.setValue(value)
+                self.bar.setUpdatesEnabled(True)
+        if text != self.label.text():
+            self.label.setText(text)
 
     def finish(self, text: str = "", complete: bool = True) -> None:
         """Leave the bar full (``complete``) or where it was, and show ``text``."""
+        self._pending = None
+        self._timer.stop()
         if self.bar.maximum() == 0:
             self.bar.setRange(0, PROGRESS_STEPS)
             self.bar.setValue(PROGRESS_STEPS if complete else 0)

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QVBoxLayout, QWidget
 
 from ..annotation import keep_painted
 from ..errors import MedsegInputError
+from ..painted_slices import describe_slices
 from ..regions import Regions, apply_regions
 from ._common import StatusLabel, button, form_layout, section_title, separator
 from ._forms import ConfigForm
@@ -37,8 +38,9 @@ from .predict.suggestions import SliceSuggestions
 from .predict.take_slice import TakeSlice
 
 BASIC_FIELDS = ("device", "regions", "overlap", "probabilities", "uncertainty")
-#: At most one redraw of the growing segmentation per this many seconds (tiles can be fast).
-REFRESH_INTERVAL_S = 0.1
+#: At most one redraw of the growing segmentation per this many seconds (tiles can be fast,
+#: and each redraw recomposes the window: tens of milliseconds with software OpenGL).
+REFRESH_INTERVAL_S = 0.4
 
 
 def spacing_note(entry: ModelEntry, image_layer: Image) -> str:
@@ -329,19 +331,18 @@ class PredictWidget(RunsJob, QWidget):
             uncertainty, self.annotation_picker.layer(), self._image_layer
         )
         if slices:
-            listed = ", ".join(str(k) for k in slices)
             self.status.info(
-                f"{self.status.text()} · the model is least sure on axial slices {listed}: "
+                f"{self.status.text()} · the model is least sure on {describe_slices(slices)}: "
                 "paint one of them next"
             )
 
     @property
-    def suggested_slices(self) -> list[int]:
-        """The axial slices to paint next (where the ensemble disagrees most), best first."""
+    def suggested_slices(self) -> list[tuple[int, int]]:
+        """The slices to paint next, ``(axis, index)`` in any plane, best first."""
         return self.suggestions.slices
 
-    def show_next_suggestion(self) -> int | None:
-        """Move the viewer to the next suggested axial slice; returns it (None: none left)."""
+    def show_next_suggestion(self) -> tuple[int, int] | None:
+        """Show the next suggested slice (turning the view to its plane); returns it."""
         return self.suggestions.show_next()
 
     # -- saving -----------------------------------------------------------------------------
