@@ -192,21 +192,74 @@ def painted_in_plane(annotation: np.ndarray, axis: int) -> list[int]:
     """Slices along ``axis`` painted *in that plane*.
 
     A slice counts when it holds a 2 × 2 patch of annotated voxels (any value ``> 0``,
-    background included). A slice painted in another plane crosses this one as a
-    1-voxel-thin line, so it does not make every slice along ``axis`` look annotated.
-    Unlike :func:`find_units`, background-only slices count. For arrays that are not 3D
-    (or thinner than 2 voxels in-plane) this is
+    background included) inside the box around the voxels still unknown, or a 2 × 2 patch
+    of a structure anywhere, leaving out the voxels of slices of the other planes painted
+    over half their area. So slices painted in another plane (1-voxel lines here, or
+    patches where painted slices touch) do not make every slice along ``axis`` look
+    annotated, and the background filled outside a region-of-interest box is not slices
+    painted. Unlike :func:`find_units`, background-only slices count. For arrays that are
+    not 3D (or thinner than 2 voxels in-plane) this is
     :func:`napari_medseg.annotation.annotated_slices`.
     """
     annotation = np.asarray(annotation)
-    if annotation.ndim != 3:
+    if annotation.ndim != 3 or min(np.delete(annotation.shape, axis)) < 2:
         return annotated_slices(annotation, axis)
-    m = np.moveaxis(annotation > 0, axis, 0)
-    if min(m.shape[1:]) < 2:
-        return annotated_slices(annotation, axis)
-    pairs = m[:, :-1, :] & m[:, 1:, :]
+    if min(annotation.shape) < 2:  # one slice thick: no other plane to tell apart
+        return [int(i) for i in np.flatnonzero(_has_block(np.moveaxis(annotation > 0, axis, 0)))]
+    return painted_per_plane(annotation)[axis]
+
+
+def painted_per_plane(annotation: np.ndarray) -> list[list[int]]:
+    """:func:`painted_in_plane` for every axis of ``annotation`` (3D: in one pass)."""
+    annotation = np.asarray(annotation)
+    if annotation.ndim != 3 or min(annotation.shape) < 2:
+        return [painted_in_plane(annotation, axis) for axis in range(annotation.ndim)]
+    unknown = annotation == UNKNOWN
+    extent = _extent(unknown) if unknown.any() else [(0, n - 1) for n in annotation.shape]
+    box = tuple(slice(low, high + 1) for low, high in extent)
+    annotated = annotation[box] > 0
+    outside = any(b.stop - b.start < n for b, n in zip(box, annotation.shape, strict=True))
+    structure = annotation > BACKGROUND if outside else None  # inside, part of ``annotated``
+    free = [np.ones(n, bool) for n in annotation.shape]  # slices not painted over half the box
+    for axis in range(3):
+        rest = tuple(a for a in range(3) if a != axis)
+        area = np.prod([annotated.shape[a] for a in rest])
+        dense = np.flatnonzero(np.count_nonzero(annotated, axis=rest) * 2 > area)
+        free[axis][dense + box[axis].start] = False
+    planes = []
+    for axis in range(3):
+        rows, cols = (a for a in range(3) if a != axis)
+        painted = np.zeros(annotation.shape[axis], bool)
+        painted[box[axis]] = _has_block(
+            np.moveaxis(annotated, axis, 0), free[rows][box[rows]], free[cols][box[cols]]
+        )
+        if structure is not None:
+            painted |= _has_block(np.moveaxis(structure, axis, 0), free[rows], free[cols])
+        planes.append([int(i) for i in np.flatnonzero(painted)])
+    return planes
+
+
+def _has_block(
+    mask: np.ndarray, rows: np.ndarray | None = None, cols: np.ndarray | None = None
+) -> np.ndarray:
+    """Per slice along the first axis: does ``mask`` hold a 2 × 2 patch (on the ``rows`` and
+    ``cols`` left True, when given)?"""
+    pairs = mask[:, :-1, :] & mask[:, 1:, :]
     blocks = pairs[:, :, :-1] & pairs[:, :, 1:]
-    return [int(i) for i in np.flatnonzero(blocks.any(axis=(1, 2)))]
+    if rows is not None:
+        blocks &= (rows[:-1] & rows[1:])[None, :, None]
+    if cols is not None:
+        blocks &= (cols[:-1] & cols[1:])[None, None, :]
+    return np.asarray(blocks.any(axis=(1, 2)))
+
+
+def _extent(mask: np.ndarray) -> list[tuple[int, int]]:
+    """First and last index of ``mask``'s true voxels along each axis (``mask.any()``)."""
+    extent = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        extent.append((int(hits[0]), int(hits[-1])))
+    return extent
 
 
 def format_slice_list(slices: Sequence[int], limit: int = MAX_LISTED_SLICES) -> str:
@@ -228,9 +281,9 @@ def annotation_summary(annotation: np.ndarray, class_names: Sequence[str]) -> st
     ``k + 1``), other values are called ``"label v"``.
     """
     annotation = np.asarray(annotation)
+    planes = painted_per_plane(annotation)
     lines = [
-        f"axis {axis} ({axis_name(axis, annotation.ndim)}): "
-        f"{format_slice_list(painted_in_plane(annotation, axis))}"
+        f"axis {axis} ({axis_name(axis, annotation.ndim)}): {format_slice_list(planes[axis])}"
         for axis in range(annotation.ndim)
     ]
     counts = np.bincount(annotation.ravel().astype(np.intp, copy=False), minlength=2)

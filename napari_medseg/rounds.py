@@ -29,7 +29,7 @@ from ._atomic import TEMP_PREFIX, atomic_write
 from .annotation import content_checksum
 from .autosave import default_autosave_dir
 from .errors import MedsegInputError
-from .painted_slices import painted_in_plane
+from .painted_slices import painted_per_plane
 
 __all__ = ["RoundRecord", "RoundStore", "RoundWarning", "rounds_root"]
 
@@ -144,7 +144,7 @@ class RoundStore:
         record = RoundRecord(
             number=number,
             time=datetime.now().isoformat(timespec="seconds"),
-            slices=[len(painted_in_plane(annotation, axis)) for axis in range(annotation.ndim)],
+            slices=[len(slices) for slices in painted_per_plane(annotation)],
             steps=int(history.get("steps", 0)),
             seconds=float(history.get("seconds", 0.0)),
             validation=_validation_of(history),

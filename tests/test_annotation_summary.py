@@ -46,6 +46,20 @@ def test_a_two_by_two_patch_makes_a_slice_painted():
     assert painted_in_plane(annotation, 1) == [0]
 
 
+def test_background_filled_around_a_box_is_not_slices_painted():
+    """Marking everything outside a region-of-interest box as background paints no slice;
+    the slices painted inside the box, and structures anywhere, count."""
+    annotation = np.ones((10, 12, 12), np.uint8)
+    annotation[3:7, 2:9, 2:9] = 0  # the box: unknown inside
+    annotation[4, 2:9, 2:9] = 1  # one slice painted inside it, background only
+    annotation[6, 3:5, 3:5] = 2  # a structure on another
+    annotation[0, 0:2, 0:2] = 2  # and one outside the box
+    assert painted_in_plane(annotation, 0) == [0, 4, 6]
+    assert painted_in_plane(annotation, 1) == [] and painted_in_plane(annotation, 2) == []
+    annotation[annotation == 1] = 0  # without the fill: the box's slice 4 has nothing left
+    assert painted_in_plane(annotation, 0) == [0, 6]
+
+
 def test_2d_and_thin_arrays_count_any_annotated_voxel():
     image = np.zeros((5, 6), np.uint8)
     image[1, 2] = 1

@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
     QFileDialog,
-    QHeaderView,
     QVBoxLayout,
     QWidget,
 )
@@ -166,7 +165,8 @@ class MetricsWidget(RunsJob, QWidget):
         self.save_button = button("Save CSV…", "Save the table as a CSV file")
         self.save_button.setEnabled(False)
         self.table = result_table(COLUMNS, min_height=110)
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        # the structure names stay readable; the figures scroll when the dock is narrow
+        self.table.horizontalHeader().setStretchLastSection(True)
 
         self.review_panel = ReviewPanel(napari_viewer)
         self.crossval = CrossValPanel(napari_viewer)

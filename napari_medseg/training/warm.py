@@ -19,7 +19,7 @@ import torch
 from ..annotation import content_checksum
 from ..model import TrainedModel
 from ..models import Ensemble
-from ..painted_slices import painted_in_plane
+from ..painted_slices import painted_per_plane
 from .config import TrainConfig
 from .defaults import BASE_CHANNELS
 
@@ -113,7 +113,7 @@ def round_record(
 ) -> dict[str, Any]:
     """One training round as the model's history keeps it."""
     painted = {
-        name: len(painted_in_plane(annotation, axis)) for axis, name in enumerate("zyx")
+        name: len(slices) for name, slices in zip("zyx", painted_per_plane(annotation))
     }
     return {
         "round": len(earlier_rounds) + 1,
