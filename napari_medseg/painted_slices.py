@@ -225,7 +225,8 @@ def painted_per_plane(annotation: np.ndarray) -> list[list[int]]:
         rest = tuple(a for a in range(3) if a != axis)
         area = np.prod([annotated.shape[a] for a in rest])
         dense = np.flatnonzero(np.count_nonzero(annotated, axis=rest) * 2 > area)
-        free[axis][dense + box[axis].start] = False
+        if len(dense) < annotated.shape[axis]:  # all of them: painted throughout, no plane
+            free[axis][dense + box[axis].start] = False
     planes = []
     for axis in range(3):
         rows, cols = (a for a in range(3) if a != axis)

@@ -14,6 +14,7 @@ from napari_medseg.painted_slices import (
     axis_name,
     format_slice_list,
     painted_in_plane,
+    painted_per_plane,
 )
 
 
@@ -58,6 +59,12 @@ def test_background_filled_around_a_box_is_not_slices_painted():
     assert painted_in_plane(annotation, 1) == [] and painted_in_plane(annotation, 2) == []
     annotation[annotation == 1] = 0  # without the fill: the box's slice 4 has nothing left
     assert painted_in_plane(annotation, 0) == [0, 6]
+
+
+def test_a_volume_painted_throughout_is_painted_in_every_plane():
+    annotation = np.ones((4, 5, 6), np.uint8)
+    annotation[1:3, 1:4, 1:5] = 2
+    assert painted_per_plane(annotation) == [[0, 1, 2, 3], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]]
 
 
 def test_2d_and_thin_arrays_count_any_annotated_voxel():
