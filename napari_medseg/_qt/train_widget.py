@@ -51,10 +51,6 @@ class TrainWidget(RunsJob, QWidget):
 
     def __init__(self, napari_viewer: Viewer, registry: ModelRegistry | None = None) -> None:
         super().__init__()
-        # Imported now, not by the first optimiser step: in the training worker that second
-        # of Python would freeze the viewer and race the GUI thread's own imports.
-        import torch._dynamo  # noqa: F401
-
         from ..training import TrainConfig
 
         self.viewer = napari_viewer

@@ -10,6 +10,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+# Imported here, not by the first optimiser step: in a GUI's worker thread that second of
+# Python would freeze the viewer and race the GUI thread's own imports.
+import torch._dynamo  # noqa: F401
+
 from ..device import autocast_dtype, memory_format_for, place, release_device
 from ..losses import masked_cross_entropy, masked_soft_dice
 from ..models import NetworkConfig, build_network
