@@ -32,10 +32,11 @@ from napari_medseg.training import TrainConfig, train  # noqa: E402
 MISSED_BELOW = 0.1
 
 
-def run(name: str, seed: int, budget: float, arch: str) -> dict[str, Any]:
+def run(name: str, seed: int, budget: float, arch: str, ensemble: int = 1) -> dict[str, Any]:
     """One run, scored per structure on the voxels nobody painted."""
     case = load_case(name)
-    config = TrainConfig(time_budget=budget, seed=seed, device="cpu", arch=arch)  # type: ignore[arg-type]
+    config = TrainConfig(time_budget=budget, seed=seed, device="cpu", arch=arch,  # type: ignore[arg-type]
+                         ensemble=ensemble)
     model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing,
                                     class_names=case.class_names))
     labels = run_to_completion(predict(model, case.image, PredictConfig(device="cpu"))).labels
@@ -49,7 +50,7 @@ def run(name: str, seed: int, budget: float, arch: str) -> dict[str, Any]:
     reported = set(validation.get("missed") or [])
     missed = [k for k, d in enumerate(per_structure, start=1) if d < MISSED_BELOW]
     return {
-        "case": name, "arch": arch, "seed": seed, "budget": budget,
+        "case": name, "arch": arch, "ensemble": ensemble, "seed": seed, "budget": budget,
         "dice": round(statistics.fmean(per_structure), 4),
         "per_structure": [round(d, 4) for d in per_structure],
         "steps": history["steps"], "stop_reason": history["stop_reason"],
@@ -65,15 +66,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--arch", default="unet3d")
+    parser.add_argument("--ensemble", type=int, default=1,
+                        help="networks sharing the budget (TrainConfig.ensemble)")
     args = parser.parse_args()
     rows = []
     for seed in args.seeds:
-        rows.append(run(args.case, seed, args.budget, args.arch))
+        rows.append(run(args.case, seed, args.budget, args.arch, args.ensemble))
         print(json.dumps(rows[-1]), flush=True)
     scores = [r["dice"] for r in rows]
     median = statistics.median(scores)
     print(json.dumps({
-        "summary": True, "case": args.case, "arch": args.arch, "budget": args.budget,
+        "summary": True, "case": args.case, "arch": args.arch, "ensemble": args.ensemble,
+        "budget": args.budget,
         "seeds": len(rows), "median": round(median, 4), "worst": min(scores),
         "worst_below_median": round(median - min(scores), 4),
         "runs_missing_a_structure": sum(bool(r["missed"]) for r in rows),

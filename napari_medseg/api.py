@@ -32,7 +32,7 @@ from .metrics import EvaluationResult, evaluate
 from .out_of_core import check_streamable, is_store_output, predict_to_store
 from .outputs import check_inputs, check_outputs, describe_os_error, rescue_model
 from .progress import run_to_completion
-from .regions import apply_regions
+from .regions import apart_from_painting, apply_regions
 from .training import TrainConfig, TrainProgress, train
 from .volume import Volume
 
@@ -242,6 +242,8 @@ def predict_file(
     prediction = predict_volume_with_geometry(model, image, config, on_progress=on_progress)
     if annotation is not None:
         prediction.kept_voxels = keep_painted(prediction.labels, annotation.array)
+        if config.regions == "all":
+            prediction.apart = apart_from_painting(prediction.labels, annotation.array)
         prediction.cleared_voxels = apply_regions(
             prediction.labels, annotation.array, config.regions
         )

@@ -125,6 +125,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if prediction.cleared_voxels:
             kept += f"; {prediction.cleared_voxels:,} voxels apart from the painting cleared"
     print(f"saved {args.out} (voxels per structure: {counts or 'none'}{kept})")
+    if prediction.apart:
+        from .checkpoint import read_model_config
+        from .regions import describe_apart
+
+        names = read_model_config(args.model).class_names[1:]
+        note = describe_apart(prediction.apart, names, "--regions touching")
+        if note:
+            print(note)
     for path in (args.probabilities, args.uncertainty, args.dicom_seg):
         if path:
             print(f"saved {path}")

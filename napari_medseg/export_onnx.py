@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._atomic import TEMP_PREFIX, WriteCheckError, atomic_write
+from ._atomic import WriteCheckError, atomic_write
 from .checkpoint import METADATA_KEY, load_model
 from .errors import MedsegError, MedsegInputError
 from .inference import PredictConfig, tile_shape_for
@@ -51,7 +50,7 @@ from .onnx_check import (
     require,
 )
 from .options import option
-from .outputs import check_inputs, describe_os_error
+from .outputs import check_inputs, check_outputs
 
 __all__ = [
     "CONFIG_KEY",
@@ -397,26 +396,8 @@ def _check_opset(opset: int | None, onnx: Any) -> None:
 def _checked_output(out_path: PathLike, model_path: PathLike, check_image: PathLike | None) -> Path:
     """Refuse, before any work, a missing input or an output that could not be written."""
     check_inputs([(model_path, "model file"), (check_image, "check image")])
-    target = Path(out_path).expanduser()
-    what = f"cannot save ONNX model {target}"
-    if target.is_dir():
-        raise MedsegInputError(f"{what}: it is a folder; name a file in it")
-    if target.suffix.lower() != ".onnx":
-        raise MedsegInputError(f"{what}: ONNX files end in .onnx")
-    if target.exists() and not target.is_file():
-        raise MedsegInputError(f"{what}: it is not a regular file")
-    folder = target.parent
-    if not folder.is_dir():
-        raise MedsegInputError(f"{what}: folder {folder} does not exist")
-    if target.exists() and os.path.samefile(target, Path(model_path).expanduser()):
-        raise MedsegInputError(f"{what}: it is also the model file")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}probe-", dir=folder)
-    except OSError as exc:
-        raise MedsegInputError(f"{what}: {describe_os_error(exc, folder)}") from None
-    os.close(fd)
-    os.unlink(probe)
-    return target
+    check_outputs([(out_path, "ONNX model", "onnx")], inputs=[(model_path, "model file")])
+    return Path(out_path).expanduser()
 
 
 def _read_check_image(path: PathLike) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ from .errors import MedsegError, MedsegInputError
 from .model import TrainedModel
 from .options import check_choice, option
 from .progress import run_to_completion
-from .regions import Regions
+from .regions import ApartRegions, Regions
 from .slabs import LabelSink, MemorySink
 from .tiling import GridSampler, grown_tile, is_thin, padded_voxels
 
@@ -144,8 +144,10 @@ class Prediction:
     ``kept_voxels``: voxels given the user's painted label afterwards
     (:func:`~napari_medseg.annotation.keep_painted`; 0 when no annotation was applied);
     ``cleared_voxels``: voxels of regions apart from the painting cleared then
-    (``PredictConfig.regions``). ``spacing``: the image's voxel size in mm, when it was read
-    from a file (:func:`~napari_medseg.api.predict_file`), else empty.
+    (``PredictConfig.regions``); ``apart``: with an annotation and ``regions="all"``, the
+    regions of each structure that touch nothing painted as it
+    (:func:`~napari_medseg.regions.apart_from_painting`). ``spacing``: the image's voxel size
+    in mm, when it was read from a file (:func:`~napari_medseg.api.predict_file`), else empty.
     """
 
     labels: np.ndarray
@@ -156,6 +158,7 @@ class Prediction:
     uncertainty: np.ndarray | None = None
     kept_voxels: int = 0
     cleared_voxels: int = 0
+    apart: list[ApartRegions] = field(default_factory=list)
     spacing: tuple[float, ...] = ()
 
 

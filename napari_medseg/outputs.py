@@ -41,13 +41,18 @@ __all__ = [
 
 PathLike = str | os.PathLike[str]
 #: What an output holds: a volume (any format :func:`~napari_medseg.io.write_volume`
-#: writes) or a model (``.safetensors``).
-OutputKind = Literal["volume", "model"]
+#: writes), a model (``.safetensors``), an ONNX model or a DICOM SEG.
+OutputKind = Literal["volume", "model", "onnx", "dicom-seg"]
 #: The extension of model files.
 MODEL_EXTENSION = ".safetensors"
 #: Environment variable naming the folder of rescued models.
 RESCUE_ENV_VAR = "MEDSEG_RESCUE_DIR"
 _VOLUME_HINT = "use .nii.gz, .nrrd, .mha, .tif or .npy"
+#: The one extension of the kinds that have one, and what to say when it is missing.
+_ONE_EXTENSION = {
+    "onnx": (".onnx", "ONNX files end in .onnx"),
+    "dicom-seg": (".dcm", "a DICOM SEG is a .dcm file"),
+}
 
 
 def check_output(path: PathLike, what: str, *, kind: OutputKind = "volume") -> Path:
@@ -59,9 +64,9 @@ def check_output(path: PathLike, what: str, *, kind: OutputKind = "volume") -> P
         The file to write.
     what : str
         What it holds, for the message (``"segmentation"``, ``"model"`` ...).
-    kind : {"volume", "model"}
-        Which extensions the writer knows: volume formats, or ``.safetensors`` (a name
-        without any extension is accepted for a model).
+    kind : {"volume", "model", "onnx", "dicom-seg"}
+        Which extensions the writer knows: volume formats, ``.safetensors`` (a name
+        without any extension is accepted for a model), ``.onnx`` or ``.dcm``.
 
     Returns
     -------
@@ -181,6 +186,11 @@ def _failure_text(failure: BaseException, target: Path) -> str:
 
 def _check_extension(target: Path, what: str, kind: OutputKind) -> None:
     extension = extension_of(target)
+    if kind in _ONE_EXTENSION:
+        expected, hint = _ONE_EXTENSION[kind]
+        if extension != expected:
+            raise MedsegInputError(f"cannot save {what} {target}: {hint}")
+        return
     if kind == "model":
         if extension not in ("", MODEL_EXTENSION):
             raise MedsegInputError(

@@ -239,6 +239,48 @@ def test_console_script_runs_predict_like_the_library(pipeline):
     )
 
 
+def test_the_command_line_does_not_import_what_only_the_gui_needs_before_training():
+    """``torch._dynamo`` (a second of start-up) is imported ahead of time by the Train widget
+    only; a ``medseg`` command that builds its options and plans nothing leaves it out."""
+    code = (
+        "import sys; from napari_medseg.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules, 'torch._dynamo' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_predict_names_the_regions_apart_from_the_painting(pipeline, capsys, monkeypatch,
+                                                          tmp_path):
+    """With --annotation, a structure lying largely where nothing was painted is named, with
+    the setting that clears it; --regions touching then clears it instead."""
+    import napari_medseg.api as api
+    from napari_medseg.inference import Prediction
+
+    painted = np.zeros(SHAPE, np.uint8)
+    painted[2, 2:6, 2:6] = 1
+    painted[2, 3, 3] = 2  # the tube painted at one voxel
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[2:4, 2:5, 2:5] = 1  # touching the painted voxel
+    labels[10:14, 20:26, 20:26] = 1  # far from anything painted: 144 voxels
+    monkeypatch.setattr(api, "predict_volume_with_geometry",
+                        lambda *args, **kwargs: Prediction(labels.copy(), None))
+    annotation = write_volume(tmp_path / "painted.nii.gz", painted, labels=True,
+                              spacing=SPACING, origin=ORIGIN, direction=DIRECTION)
+    command = ["predict", str(pipeline["model"]), str(pipeline["image"]), "--annotation",
+               str(annotation), "--device", "cpu", "--out"]
+    assert main([*command, str(tmp_path / "all.nii.gz")]) == 0
+    out = capsys.readouterr().out
+    assert "apart from the painting (tube: 1 region(s), 94% of its voxels)" in out  # 144 of 154
+    assert "--regions touching" in out
+    assert main([*command, str(tmp_path / "touching.nii.gz"), "--regions", "touching"]) == 0
+    out = capsys.readouterr().out
+    assert "144 voxels apart from the painting cleared" in out and "region(s)" not in out
+    assert not read_volume(tmp_path / "touching.nii.gz").array[10:14].any()
+
+
 def test_console_script_exit_code_for_a_user_mistake(tmp_path):
     done = run_script("evaluate", str(tmp_path / "missing.nii.gz"), str(tmp_path / "x.nii.gz"))
     assert_user_error(done.returncode, done.stderr, "evaluate", "no such file or folder")

@@ -262,6 +262,23 @@ def test_train_with_empty_annotation_shows_message(synthetic_viewer, models):
 
 
 @pytest.mark.gui
+def test_train_widget_imports_the_optimiser_parts_on_the_gui_thread(synthetic_viewer,
+                                                                      monkeypatch):
+    """What the first optimiser step would import is imported when the widget is made, on the
+    GUI thread: in the worker it froze the viewer and raced the GUI thread's imports."""
+    import threading
+
+    import napari_medseg.training.optimisation as optimisation
+    from napari_medseg._qt.train_widget import TrainWidget
+
+    threads = []
+    monkeypatch.setattr(optimisation, "import_optimiser_parts",
+                        lambda: threads.append(threading.current_thread()))
+    _dock(synthetic_viewer, TrainWidget)
+    assert threads == [threading.main_thread()]
+
+
+@pytest.mark.gui
 def test_train_refuses_bad_settings(synthetic_viewer, models):
     from napari_medseg._qt.train_widget import TrainWidget
 

@@ -10,7 +10,13 @@ import pytest
 
 from napari_medseg.errors import MedsegInputError
 from napari_medseg.inference import PredictConfig
-from napari_medseg.regions import apply_regions, keep_touching_painted
+from napari_medseg.regions import (
+    ApartRegions,
+    apart_from_painting,
+    apply_regions,
+    describe_apart,
+    keep_touching_painted,
+)
 
 
 def _case():
@@ -31,6 +37,17 @@ def test_regions_apart_from_the_painting_are_cleared_per_structure():
     assert cleared == 4 * 6 * 6
     assert labels[2:6, 2:8, 2:8].all() and not labels[2:6, 12:18, 12:18].any()
     assert (labels[7:9, 2:6, 12:16] == 2).all()  # touching its own painting: kept
+
+
+def test_regions_apart_from_the_painting_are_counted_and_named_when_they_weigh():
+    labels, annotation = _case()
+    apart = apart_from_painting(labels, annotation)
+    assert apart == [ApartRegions(structure=1, regions=1, voxels=144, total=288)]
+    assert (labels == _case()[0]).all()  # counting changes nothing
+    line = describe_apart(apart, ["tumour", "cyst"], "Regions: touching")
+    assert line.startswith("apart from the painting (tumour: 1 region(s), 50% of its voxels)")
+    assert "Regions: touching" in line
+    assert describe_apart([ApartRegions(2, 3, 5, 100)], ["tumour", "cyst"], "x") == ""  # 5 %
 
 
 def test_a_structure_nothing_was_painted_of_keeps_its_regions_and_all_keeps_everything():
@@ -78,3 +95,10 @@ def test_the_predict_widget_applies_the_choice_after_keeping_the_painting():
     kept, note = keep_painted_from(Labels(annotation, name="annotation"), labels, "touching")
     assert kept == int((annotation > 0).sum()) and not labels[2:6, 12:18, 12:18].any()
     assert "108 voxels apart from your painting cleared" in note  # slice 4: painted background
+    assert "region(s)" not in note  # cleared, so not named
+    labels, annotation = _case()
+    kept, note = keep_painted_from(Labels(annotation, name="annotation"), labels, "all",
+                                   ["tumour", "cyst"])
+    assert labels[2:4, 12:18, 12:18].all()  # kept, and named in the note
+    assert "apart from the painting (tumour: 2 region(s)" in note
+    assert note.endswith("(Regions: touching)")

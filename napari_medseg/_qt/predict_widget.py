@@ -7,6 +7,7 @@ grows on screen. A stopped run leaves the layer named ``"… (stopped)"``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QVBoxLayout, QWidget
 from ..annotation import keep_painted
 from ..errors import MedsegInputError
 from ..painted_slices import describe_slices
-from ..regions import Regions, apply_regions
+from ..regions import Regions, apart_from_painting, apply_regions, describe_apart
 from ._common import StatusLabel, button, form_layout, section_title, separator
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
@@ -71,11 +72,15 @@ def annotation_to_keep(picker: LayerPicker, shape: tuple[int, ...]) -> Labels | 
 
 
 def keep_painted_from(
-    annotation_layer: Labels, labels: np.ndarray, regions: Regions = "all"
+    annotation_layer: Labels,
+    labels: np.ndarray,
+    regions: Regions = "all",
+    class_names: Sequence[str] = (),
 ) -> tuple[int, str]:
     """Give ``labels`` the voxels painted in ``annotation_layer`` (read now: painting may
     have gone on), then apply ``regions``; the number of painted voxels and a note for the
-    status line."""
+    status line (with ``regions="all"``, the structures lying largely apart from the
+    painting)."""
     annotation = layer_array(annotation_layer)
     try:
         kept = keep_painted(labels, annotation)
@@ -83,6 +88,10 @@ def keep_painted_from(
         return 0, f" (painted voxels of '{annotation_layer.name}' not kept: {exc})"
     cleared = apply_regions(labels, annotation, regions)
     note = f" · {cleared:,} voxels apart from your painting cleared" if cleared else ""
+    if regions == "all":
+        found = apart_from_painting(labels, annotation)
+        apart = describe_apart(found, class_names, "Regions: touching")
+        note += f" · {apart}" if apart else ""
     if not kept:
         return 0, note
     return kept, f" · {kept:,} painted voxels kept from '{annotation_layer.name}'{note}"
@@ -315,7 +324,9 @@ class PredictWidget(RunsJob, QWidget):
         if annotation_layer is self.live.layer:
             return ""
         regions = self.form.values()["regions"]
-        self.kept_voxels, note = keep_painted_from(annotation_layer, labels, regions)
+        self.kept_voxels, note = keep_painted_from(
+            annotation_layer, labels, regions, self._class_names
+        )
         return note
 
     def _show_probabilities(self, probabilities: np.ndarray) -> None:

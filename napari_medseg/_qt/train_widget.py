@@ -52,6 +52,9 @@ class TrainWidget(RunsJob, QWidget):
     def __init__(self, napari_viewer: Viewer, registry: ModelRegistry | None = None) -> None:
         super().__init__()
         from ..training import TrainConfig
+        from ..training.optimisation import import_optimiser_parts
+
+        import_optimiser_parts()
 
         self.viewer = napari_viewer
         self.registry = registry if registry is not None else MODELS

@@ -171,24 +171,14 @@ def _highdicom() -> Any:
 
 
 def _check_target(target: Path, source_folder: Path) -> None:
-    what = f"cannot save the DICOM SEG {target}"
-    if target.is_dir():
-        raise MedsegInputError(f"{what}: it is a folder; name a .dcm file in it")
-    if extension_of(target) != ".dcm":
-        raise MedsegInputError(f"{what}: a DICOM SEG is a .dcm file")
-    if target.exists() and not target.is_file():
-        raise MedsegInputError(f"{what}: it is not a regular file")
-    folder = target.parent
-    if not folder.is_dir():
-        raise MedsegInputError(f"{what}: folder {folder} does not exist")
-    if folder.resolve() == source_folder.resolve():
-        raise MedsegInputError(
-            f"{what}: it is in the folder of the source series, which would then hold two "
-            "series; save it in another folder"
-        )
-    from ..outputs import try_writing_in
+    from ..outputs import check_output
 
-    try_writing_in(folder, what)
+    check_output(target, "the DICOM SEG", kind="dicom-seg")
+    if target.parent.resolve() == source_folder.resolve():
+        raise MedsegInputError(
+            f"cannot save the DICOM SEG {target}: it is in the folder of the source series, "
+            "which would then hold two series; save it in another folder"
+        )
 
 
 def _read_header(path: Path) -> Any:

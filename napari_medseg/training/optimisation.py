@@ -10,10 +10,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-# Imported here, not by the first optimiser step: in a GUI's worker thread that second of
-# Python would freeze the viewer and race the GUI thread's own imports.
-import torch._dynamo  # noqa: F401
-
 from ..device import autocast_dtype, memory_format_for, place, release_device
 from ..losses import masked_cross_entropy, masked_soft_dice
 from ..models import NetworkConfig, build_network
@@ -21,6 +17,14 @@ from ..models.calibration import batch_norm_layers, recalibrate_batch_norm
 from .averaging import WeightAverage
 from .config import TrainConfig
 from .warm import grown_state
+
+
+def import_optimiser_parts() -> None:
+    """Import now what the first optimiser step would import (``torch._dynamo``, a second of
+    Python). A GUI calls this on its own thread before training: in the worker, that import
+    would freeze the viewer and race the GUI thread's imports. Command-line runs skip it, so
+    that every ``medseg`` command does not start a second slower."""
+    import torch._dynamo  # noqa: F401
 
 
 class Optimisation:
