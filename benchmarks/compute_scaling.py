@@ -30,22 +30,24 @@ from napari_medseg.training import TrainConfig, train  # noqa: E402
 
 
 def run(name: str, seed: int, scale: int, budget: float, iterations: int | None,
-        arch: str) -> dict[str, Any]:
+        arch: str, ensemble: int | None = None) -> dict[str, Any]:
     """One training run at ``scale`` times the budget, scored on the unpainted voxels."""
     case = load_case(name)
+    chosen: dict[str, Any] = {} if ensemble is None else {"ensemble": ensemble}
     if iterations:
         config = TrainConfig(time_budget=None, iterations=iterations * scale, seed=seed,
-                             device="cpu", arch=arch)  # type: ignore[arg-type]
+                             device="cpu", arch=arch, **chosen)  # type: ignore[arg-type]
     else:
         config = TrainConfig(time_budget=budget * scale, seed=seed, device="cpu",
-                             arch=arch)  # type: ignore[arg-type]
+                             arch=arch, **chosen)  # type: ignore[arg-type]
     model = run_to_completion(train(case.image, case.annotation, config, spacing=case.spacing,
                                     class_names=case.class_names))
     labels = run_to_completion(predict(model, case.image, PredictConfig(device="cpu"))).labels
     history = model.config.history
     validation = history.get("validation") or {}
     return {
-        "case": name, "arch": arch, "seed": seed, "scale": scale,
+        "case": name, "arch": arch, "ensemble": history["ensemble"], "seed": seed,
+        "scale": scale,
         "dice": mean_dice(labels, case, case.annotation == 0),
         "steps": history["steps"], "seconds": history["seconds"],
         "stop_reason": history["stop_reason"],
@@ -62,12 +64,15 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--arch", default="unet3d")
+    parser.add_argument("--ensemble", type=int, default=None,
+                        help="networks per run (default: the product's default)")
     args = parser.parse_args()
     rows = []
     for name in args.cases:
         for seed in args.seeds:
             for scale in (1, 4):
-                rows.append(run(name, seed, scale, args.budget, args.iterations, args.arch))
+                rows.append(run(name, seed, scale, args.budget, args.iterations, args.arch,
+                                args.ensemble))
                 print(json.dumps(rows[-1]), flush=True)
     summary: dict[str, Any] = {"summary": True, "budget": args.budget,
                                "iterations": args.iterations, "arch": args.arch}

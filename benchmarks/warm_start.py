@@ -55,25 +55,28 @@ def _dice(model, case, scored: np.ndarray) -> float:
     return float(result.to_dict()["mean"]["dice"])
 
 
-def _train(case, annotation, seconds: float, seed: int, init=None):
-    config = TrainConfig(time_budget=seconds, seed=seed, device="cpu")
+def _train(case, annotation, seconds: float, seed: int, init=None, ensemble=None):
+    chosen = {} if ensemble is None else {"ensemble": ensemble}
+    config = TrainConfig(time_budget=seconds, seed=seed, device="cpu", **chosen)
     return run_to_completion(
         train(case.image, annotation, config, spacing=case.spacing,
               class_names=case.class_names, init=init)
     )
 
 
-def run(name: str, seed: int, budget: float, warm: float) -> dict[str, object]:
+def run(name: str, seed: int, budget: float, warm: float,
+        ensemble: int | None = None) -> dict[str, object]:
     """One case and seed: the three runs' Dice on the voxels nobody painted."""
     case = load_case(name)
     fewer, left_out = _one_slice_less(name, case.annotation)
     scored = case.annotation == 0
-    earlier = _train(case, fewer, budget, seed)
-    cold = _train(case, case.annotation, budget, seed)
-    warm_model = _train(case, case.annotation, warm, seed, init=earlier)
-    short = _train(case, case.annotation, warm, seed)
+    earlier = _train(case, fewer, budget, seed, ensemble=ensemble)
+    cold = _train(case, case.annotation, budget, seed, ensemble=ensemble)
+    warm_model = _train(case, case.annotation, warm, seed, init=earlier)  # its networks
+    short = _train(case, case.annotation, warm, seed, ensemble=ensemble)
     return {
         "case": name, "seed": seed, "slice_added": left_out,
+        "ensemble": cold.config.history["ensemble"],
         "before": round(_dice(earlier, case, scored), 4),
         f"cold_{budget:g}s": round(_dice(cold, case, scored), 4),
         f"warm_{warm:g}s": round(_dice(warm_model, case, scored), 4),
@@ -90,11 +93,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget", type=float, default=60.0)
     parser.add_argument("--warm", type=float, default=20.0)
+    parser.add_argument("--ensemble", type=int, default=None,
+                        help="networks per run (default: the product's default)")
     args = parser.parse_args()
     rows = []
     for name in args.cases:
         for seed in args.seeds:
-            rows.append(run(name, seed, args.budget, args.warm))
+            rows.append(run(name, seed, args.budget, args.warm, args.ensemble))
             print(json.dumps(rows[-1]), flush=True)
     summary: dict[str, object] = {"summary": True}
     for name in args.cases:
