@@ -241,17 +241,21 @@ def predict_file(
     )
     prediction = predict_volume_with_geometry(model, image, config, on_progress=on_progress)
     if annotation is not None:
-        prediction.kept_voxels = keep_painted(prediction.labels, annotation.array)
-        if config.regions == "all":
-            prediction.apart = apart_from_painting(prediction.labels, annotation.array)
-        prediction.cleared_voxels = apply_regions(
-            prediction.labels, annotation.array, config.regions
-        )
+        _apply_painting(prediction, annotation.array, config)
     names = Segments.of_structures(model.config.class_names[1:], "segmentation")
     write_volume(out_path, prediction.labels, reference=image, segments=names)
     more = _dicom_seg_write(dicom_seg_path, source, prediction, model, image)
     _write_extras(prediction, image, out_path, probabilities_path, uncertainty_path, more)
     return prediction
+
+
+def _apply_painting(prediction: Prediction, painted: np.ndarray, config: PredictConfig) -> None:
+    """The painted voxels' labels into the segmentation, then ``config.regions``; with
+    ``"all"``, the regions apart from the painting are counted first."""
+    prediction.kept_voxels = keep_painted(prediction.labels, painted)
+    if config.regions == "all":
+        prediction.apart = apart_from_painting(prediction.labels, painted)
+    prediction.cleared_voxels = apply_regions(prediction.labels, painted, config.regions)
 
 
 def _loaded(model: PathLike | TrainedModel) -> TrainedModel:

@@ -15,6 +15,7 @@ from napari_medseg.training.guard import Guard
 from napari_medseg.training.validation import (
     MAX_SHARE,
     MAX_WINDOWS,
+    MIN_SHOWN_VOXELS,
     ValidationScore,
     ValidationSet,
     hold_out,
@@ -52,6 +53,24 @@ def test_five_painted_slices_hold_out_a_whole_slice_and_leave_every_class_most_v
     assert held.mask[z][annotation[z] > 0].all()
     assert np.all(_counts(annotation, held.mask) <= MAX_SHARE * _counts(annotation))
     assert "1 painted slice (z" in held.describe()
+
+
+def test_a_slice_grazing_a_structure_is_never_the_held_out_slice():
+    """A slice showing 5 voxels of a structure would judge whether the network finds it on
+    those 5: a good network missing them was reported as having missed the structure."""
+    _, annotation, _ = _cubes()
+    annotation[18] = 1
+    annotation[18, 4, 4:9] = 2  # the grazing end: 5 voxels of structure 1
+    kinds = set()
+    for seed in range(30):
+        held = hold_out(annotation, PATCH, 3, np.random.default_rng(seed))
+        assert held is not None
+        kinds.add(held.kind)
+        if held.kind == "slices":
+            assert held.units[0].index != 18
+            shown = _counts(annotation, held.mask)[1:]
+            assert all(c == 0 or c >= MIN_SHOWN_VOXELS for c in shown), shown
+    assert kinds == {"slices"}  # the other four slices can be held out
 
 
 def test_few_slices_hold_out_blocks_showing_every_structure():
