@@ -37,7 +37,7 @@ from .errors import MedsegError, MedsegInputError
 from .model import TrainedModel
 from .options import check_choice, option
 from .progress import run_to_completion
-from .regions import ApartRegions, Regions
+from .regions import ApartRegions, Regions, apart_after_painting
 from .slabs import LabelSink, MemorySink
 from .tiling import GridSampler, grown_tile, is_thin, padded_voxels
 
@@ -283,6 +283,23 @@ def predict(
     )
     return _first_slice(result) if flat else result
 
+
+def predict_counting_apart(
+    model: TrainedModel,
+    image: np.ndarray,
+    config: PredictConfig | None,
+    painted: np.ndarray | None,
+    *,
+    stop: threading.Event | None = None,
+) -> Generator[TileProgress, None, Prediction]:
+    """:func:`predict`, then (with ``painted`` and ``regions="all"``) the regions apart from
+    the painting counted into ``Prediction.apart`` in the same thread: a GUI runs both in its
+    worker, not the count on its own thread (seconds on a CT-sized volume)."""
+    prediction = yield from predict(model, image, config, stop=stop)
+    regions = (config or PredictConfig()).regions
+    if painted is not None and regions == "all" and prediction.complete:
+        prediction.apart = apart_after_painting(np.asarray(prediction.labels), painted)
+    return prediction
 
 def predict_volume(
     model: TrainedModel, image: np.ndarray, config: PredictConfig | None = None

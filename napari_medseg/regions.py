@@ -17,6 +17,9 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .annotation import keep_painted
+from .errors import MedsegInputError
+
 Regions = Literal["all", "touching"]
 #: Voxels touching by a face, an edge or a corner are one region.
 FULL_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -47,28 +50,41 @@ def _spatial(array: np.ndarray) -> np.ndarray:
 
 def _apart_masks(
     labels: np.ndarray, annotation: np.ndarray
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Per predicted structure with painted voxels: ``(k, regions apart, their mask)``."""
+) -> Iterator[tuple[int, int, np.ndarray, int]]:
+    """Per predicted structure with painted voxels: ``(k, regions apart, their mask, the
+    structure's predicted voxels)``."""
     spatial, painted = _spatial(labels), _spatial(annotation)
     for k in np.unique(spatial):
         if k == 0 or not (painted == k + 1).any():
             continue
-        regions, count = ndimage.label(spatial == k, structure=FULL_CONNECTIVITY)
+        structure = spatial == k
+        regions, count = ndimage.label(structure, structure=FULL_CONNECTIVITY)
         touched = np.unique(regions[(painted == k + 1) & (regions > 0)])
         touched = touched[touched > 0]
         apart = (regions > 0) & ~np.isin(regions, touched)
-        yield int(k), count - touched.size, apart
+        yield int(k), count - touched.size, apart, int(np.count_nonzero(structure))
 
 
 def apart_from_painting(labels: np.ndarray, annotation: np.ndarray) -> list[ApartRegions]:
     """The regions of each structure (painted at least once) that touch nothing painted as
     it; structures with none are left out."""
-    found = []
-    for k, regions, apart in _apart_masks(labels, annotation):
-        if regions:
-            total = int(np.count_nonzero(_spatial(labels) == k))
-            found.append(ApartRegions(k, regions, int(apart.sum()), total))
-    return found
+    return [
+        ApartRegions(k, regions, int(apart.sum()), total)
+        for k, regions, apart, total in _apart_masks(labels, annotation)
+        if regions
+    ]
+
+
+def apart_after_painting(labels: np.ndarray, annotation: np.ndarray) -> list[ApartRegions]:
+    """:func:`apart_from_painting` of ``labels`` once the painted voxels have their painted
+    labels (``labels`` itself is left as it is): what a front end that keeps the painting
+    later will show, counted where the work may run (a GUI's worker thread)."""
+    kept = np.array(labels, copy=True)
+    try:
+        keep_painted(kept, annotation)
+    except MedsegInputError:  # shapes or labels that differ: the front end says so itself
+        return []
+    return apart_from_painting(kept, annotation)
 
 
 def describe_apart(
@@ -102,7 +118,7 @@ def keep_touching_painted(labels: np.ndarray, annotation: np.ndarray) -> int:
     """
     cleared = 0
     spatial = _spatial(labels)
-    for _, _, drop in _apart_masks(labels, annotation):  # one structure's mask at a time
+    for _, _, drop, _ in _apart_masks(labels, annotation):  # one structure at a time
         spatial[drop] = 0
         cleared += int(drop.sum())
     return cleared

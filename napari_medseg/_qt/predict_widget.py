@@ -19,7 +19,13 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QVBoxLayout, QWidget
 from ..annotation import keep_painted
 from ..errors import MedsegInputError
 from ..painted_slices import describe_slices
-from ..regions import Regions, apart_from_painting, apply_regions, describe_apart
+from ..regions import (
+    ApartRegions,
+    Regions,
+    apart_from_painting,
+    apply_regions,
+    describe_apart,
+)
 from ._common import StatusLabel, button, form_layout, section_title, separator
 from ._forms import ConfigForm
 from ._job import JobControls, RunsJob
@@ -76,11 +82,12 @@ def keep_painted_from(
     labels: np.ndarray,
     regions: Regions = "all",
     class_names: Sequence[str] = (),
+    apart: Sequence[ApartRegions] | None = None,
 ) -> tuple[int, str]:
     """Give ``labels`` the voxels painted in ``annotation_layer`` (read now: painting may
     have gone on), then apply ``regions``; the number of painted voxels and a note for the
     status line (with ``regions="all"``, the structures lying largely apart from the
-    painting)."""
+    painting: ``apart`` as counted in the worker, else counted here)."""
     annotation = layer_array(annotation_layer)
     try:
         kept = keep_painted(labels, annotation)
@@ -89,9 +96,9 @@ def keep_painted_from(
     cleared = apply_regions(labels, annotation, regions)
     note = f" · {cleared:,} voxels apart from your painting cleared" if cleared else ""
     if regions == "all":
-        found = apart_from_painting(labels, annotation)
-        apart = describe_apart(found, class_names, "Regions: touching")
-        note += f" · {apart}" if apart else ""
+        found = apart_from_painting(labels, annotation) if apart is None else apart
+        told = describe_apart(found, class_names, "Regions: touching")
+        note += f" · {told}" if told else ""
     if not kept:
         return 0, note
     return kept, f" · {kept:,} painted voxels kept from '{annotation_layer.name}'{note}"
@@ -238,7 +245,7 @@ class PredictWidget(RunsJob, QWidget):
         """
         if self.is_running:
             return False
-        from ..inference import predict
+        from ..inference import predict_counting_apart
 
         try:
             entry = self.selected_model()
@@ -271,8 +278,11 @@ class PredictWidget(RunsJob, QWidget):
         self.take_slice.offer(None, None)
         self.save_button.setEnabled(False)
         model = entry.model
+        painted = None  # a snapshot, for the regions apart from it (counted in the worker)
+        if annotation_layer is not None and annotation_layer is not self.live.layer:
+            painted = np.array(layer_array(annotation_layer), copy=True)
         self.job.start(
-            lambda stop: predict(model, image, config, stop=stop),
+            lambda stop: predict_counting_apart(model, image, config, painted, stop=stop),
             message="predicting…" + spacing_note(entry, image_layer),
             on_yield=self._on_tile,
             on_return=self._on_prediction,
@@ -296,7 +306,7 @@ class PredictWidget(RunsJob, QWidget):
         layer = self.live.layer
         if prediction.complete:
             labels = np.asarray(prediction.labels).astype(layer.data.dtype, copy=True)
-            kept = self._keep_painted(labels)
+            kept = self._keep_painted(labels, prediction.apart)
             self.live.complete(labels)
             found = [int(v) for v in np.unique(labels) if v]
             self.progress.finish(f"done · {len(found)} structure(s) found")
@@ -316,7 +326,7 @@ class PredictWidget(RunsJob, QWidget):
                 "a complete segmentation"
             )
 
-    def _keep_painted(self, labels: np.ndarray) -> str:
+    def _keep_painted(self, labels: np.ndarray, apart: list[Any]) -> str:
         """Put the painted voxels' labels into ``labels``; a note for the status line."""
         annotation_layer = self._annotation_layer
         if annotation_layer is None or annotation_layer not in self.viewer.layers:
@@ -325,7 +335,7 @@ class PredictWidget(RunsJob, QWidget):
             return ""
         regions = self.form.values()["regions"]
         self.kept_voxels, note = keep_painted_from(
-            annotation_layer, labels, regions, self._class_names
+            annotation_layer, labels, regions, self._class_names, apart
         )
         return note
 
